@@ -1,0 +1,1 @@
+"""HTTP endpoints; each module owns one route family."""

@@ -1,0 +1,351 @@
+"""POST /v1/chat/completions: read -> parse -> pipeline -> JSON or SSE.
+
+A raw ASGI endpoint rather than a Starlette request/response pair, because this route needs what
+those hide: a body limit enforced while reading, a 200 held back until the upstream's first
+event, SSE events flushed one by one with keep-alive comments when idle, and a client
+disconnect noticed at any moment so the upstream call is cancelled and its connection freed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from gateway import pipeline
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    RequestTooLarge,
+    UpstreamTimeout,
+    internal_error,
+    to_openai_error,
+)
+from gateway.openai_types import ChatCompletionChunk, ChatRequest, parse_chat_request
+from gateway.runtime import Runtime
+from gateway.sse import DONE, KEEPALIVE
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Any
+Send = Any
+
+log = logging.getLogger("gateway.request")
+
+_JSON = (b"content-type", b"application/json")
+_SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+_NO_RETRY = (b"x-should-retry", b"false")
+
+# Client headers that never go upstream: hop-by-hop (RFC 9110 7.6.1), credentials, framing the
+# gateway redoes, and routing hints a client must not steer. Names containing these words are
+# dropped too, so a provider's credential header the list does not know still stays here.
+_NOT_FORWARDED = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "te", "trailer", "trailers",
+        "transfer-encoding", "upgrade", "host", "content-length", "content-type",
+        "content-encoding", "accept", "accept-encoding", "expect", "user-agent", "x-request-id",
+        "forwarded", "via", "x-real-ip", "openai-organization", "openai-project", "api-key",
+    }
+)  # fmt: skip
+_NOT_FORWARDED_PARTS = ("auth", "key", "token", "cookie", "secret", "session", "password")
+_NOT_FORWARDED_PREFIXES = ("x-forwarded-", "proxy-", "x-gateway-", "x-amz-", "sec-")
+_forwardable: dict[bytes, str | None] = {}
+
+
+def _forward_name(raw: bytes) -> str | None:
+    """The header name to forward as, or None; decided once per distinct name."""
+    if raw in _forwardable:
+        return _forwardable[raw]
+    name = raw.decode("latin-1").lower()
+    if (
+        name in _NOT_FORWARDED
+        or any(part in name for part in _NOT_FORWARDED_PARTS)
+        or name.startswith(_NOT_FORWARDED_PREFIXES)
+    ):
+        decided = None
+    else:
+        decided = name
+    if len(_forwardable) < 1024:  # bounded: header names come from clients
+        _forwardable[raw] = decided
+    return decided
+
+
+def forward_headers(scope: Scope) -> dict[str, str]:
+    """The client's end-to-end headers that may reach the upstream."""
+    headers = scope["headers"]
+    named = {
+        token.strip().lower()
+        for key, value in headers
+        if key == b"connection"
+        for token in value.decode("latin-1").split(",")
+    }
+    out: dict[str, str] = {}
+    for raw, value in headers:
+        name = _forward_name(raw)
+        if name is not None and name not in named:
+            out[name] = value.decode("latin-1")
+    return out
+
+
+class ChatCompletions:
+    """The endpoint as an ASGI app: Starlette's Route passes a non-function the raw scope."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await chat_completions(scope, receive, send)
+
+
+async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
+    rt: Runtime = scope["app"].state.runtime
+    request_id: str = scope["gateway.request_id"]
+    started = time.perf_counter()
+    record: dict[str, object] = {"request_id": request_id, "status": 500}
+    try:
+        body = await _read_body(scope, receive, rt.config.server.max_body_bytes)
+        request = parse_chat_request(body, forward_headers(scope))
+        record.update(model=request.model, stream=request.stream)
+        rt.routes.chain_for(request.model)  # an unknown model is a 404 before any work
+        handler = _stream if request.stream else _complete
+        await handler(request, rt, receive, send, record)
+    except ClientDisconnected:
+        record.update(status=499, error="client_disconnected")
+    except GatewayError as exc:
+        record.update(status=exc.status, error=exc.code)
+        await send_error(send, exc)
+    except Exception:
+        log.exception("unexpected error", extra={"request_id": request_id})
+        await send_error(send, internal_error(request_id))
+    finally:
+        record["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        log.info("chat completion", extra=record)
+
+
+async def _complete(
+    request: ChatRequest, rt: Runtime, receive: Receive, send: Send, record: dict[str, object]
+) -> None:
+    watch = _DisconnectWatch(receive)
+    try:
+        async with asyncio.timeout(rt.config.server.request_timeout):
+            completion, served = await pipeline.complete(request, rt)
+    except TimeoutError:
+        raise _deadline(rt) from None
+    except asyncio.CancelledError:
+        if watch.disconnected():
+            record.update(status=499, error="client_disconnected")
+            return
+        raise
+    finally:
+        watch.stop()
+    payload = orjson.dumps(completion)
+    record.update(
+        status=200, upstream=served.upstream, upstream_request_id=served.upstream_request_id
+    )
+    usage = completion.get("usage")
+    if usage:
+        record.update(
+            prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]
+        )
+    headers = [_JSON, (b"content-length", b"%d" % len(payload)), *_served_headers(served)]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+async def _stream(
+    request: ChatRequest, rt: Runtime, receive: Receive, send: Send, record: dict[str, object]
+) -> None:
+    server = rt.config.server
+    watch = _DisconnectWatch(receive)
+    keepalive: _KeepAlive | None = None
+    stream: pipeline.Stream | None = None
+    began = time.perf_counter()
+    try:
+        async with asyncio.timeout(server.request_timeout):
+            try:
+                stream = await pipeline.open_stream(request, rt)
+                served = stream.served
+                record.update(
+                    upstream=served.upstream, upstream_request_id=served.upstream_request_id
+                )
+                headers = [*_SSE_HEADERS, *_served_headers(served)]
+                await send({"type": "http.response.start", "status": 200, "headers": headers})
+                record["status"] = 200
+                record["ttfb_ms"] = round((time.perf_counter() - began) * 1000, 2)
+                await send(_more(_encode(stream.first)))
+                keepalive = _KeepAlive(send, server.sse_keepalive)
+                async for batch in stream:
+                    keepalive.touch()
+                    await send(_more(_encode(batch)))
+                await keepalive.stop()
+                await send(_more(DONE))
+            finally:
+                if stream is not None:
+                    await stream.aclose()
+                    usage = stream.decoder.usage
+                    if usage:
+                        record.update(
+                            prompt_tokens=usage["prompt_tokens"],
+                            completion_tokens=usage["completion_tokens"],
+                        )
+    except asyncio.CancelledError:
+        if keepalive is not None:
+            keepalive.cancel()
+        if watch.disconnected():
+            record.update(status=499, error="client_disconnected")
+            return
+        raise
+    except (GatewayError, TimeoutError) as exc:
+        if keepalive is not None:
+            await keepalive.stop()
+        error = exc if isinstance(exc, GatewayError) else _deadline(rt)
+        if record["status"] != 200:
+            raise error from None
+        # After the first byte the status is sent: the error becomes the stream's last event.
+        record["error"] = error.code
+        log.warning(
+            "stream failed after first byte",
+            extra={"request_id": record["request_id"], "reason": error.message},
+        )
+        await send(_more(b"data: " + orjson.dumps(to_openai_error(error)) + b"\n\n"))
+    finally:
+        watch.stop()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def _encode(chunks: list[ChatCompletionChunk]) -> bytes:
+    return b"".join([b"data: " + orjson.dumps(chunk) + b"\n\n" for chunk in chunks])
+
+
+def _more(body: bytes) -> Message:
+    return {"type": "http.response.body", "body": body, "more_body": True}
+
+
+def _served_headers(served: pipeline.Served) -> list[tuple[bytes, bytes]]:
+    headers = [(b"x-gateway-upstream", served.upstream.encode())]
+    upstream_id = served.upstream_request_id
+    if upstream_id and upstream_id.isprintable() and len(upstream_id) <= 200:
+        headers.append((b"x-upstream-request-id", upstream_id.encode("latin-1", "replace")))
+    return headers
+
+
+def _deadline(rt: Runtime) -> GatewayError:
+    seconds = rt.config.server.request_timeout
+    return UpstreamTimeout(
+        f"the request did not finish within the gateway's deadline ({seconds:g} s)"
+    )
+
+
+async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole request body, refusing (413) as soon as it is known to exceed `limit`."""
+    for key, value in scope["headers"]:
+        if key == b"content-length":
+            try:
+                declared = int(value)
+            except ValueError:
+                raise InvalidRequest("the content-length header is not a number") from None
+            if declared > limit:
+                raise _too_large(limit)
+            break
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise _too_large(limit)
+        parts.append(part)
+        if not message.get("more_body", False):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+class ClientDisconnected(Exception):
+    """The client went away before its request was read."""
+
+
+def _too_large(limit: int) -> RequestTooLarge:
+    return RequestTooLarge(f"the request body exceeds the gateway's limit of {limit} bytes")
+
+
+async def send_error(send: Send, exc: GatewayError) -> None:
+    """Send `exc` as a complete JSON response in OpenAI's error envelope."""
+    payload = orjson.dumps(to_openai_error(exc))
+    headers = [_JSON, (b"content-length", b"%d" % len(payload))]
+    headers += [(k.encode(), v.encode("latin-1")) for k, v in exc.headers.items()]
+    if not exc.retryable:
+        headers.append(_NO_RETRY)
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+class _DisconnectWatch:
+    """Cancels the handler's task when the client goes away, so the upstream call stops too."""
+
+    __slots__ = ("_done", "_gone", "_task", "_watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self._task = asyncio.current_task()
+        self._done = False
+        self._gone = False
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                if not self._done and self._task is not None:
+                    self._gone = True
+                    self._task.cancel()
+                return
+
+    def disconnected(self) -> bool:
+        """True if the watch cancelled the task; the cancellation is then taken back."""
+        if self._gone and self._task is not None:
+            self._task.uncancel()
+            return True
+        return False
+
+    def stop(self) -> None:
+        self._done = True
+        self._watcher.cancel()
+
+
+class _KeepAlive:
+    """Sends an SSE comment when nothing was sent for `interval` seconds (0 = never)."""
+
+    __slots__ = ("_handle", "_interval", "_last", "_loop", "_pending", "_send")
+
+    def __init__(self, send: Send, interval: float) -> None:
+        self._send = send
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self._pending: asyncio.Task[None] | None = None
+        self._handle = self._loop.call_later(interval, self._tick) if interval else None
+
+    def touch(self) -> None:
+        self._last = self._loop.time()
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        if now - self._last >= self._interval and (self._pending is None or self._pending.done()):
+            self._last = now
+            self._pending = self._loop.create_task(self._send(_more(KEEPALIVE)))
+        self._handle = self._loop.call_at(self._last + self._interval, self._tick)
+
+    async def stop(self) -> None:
+        self.cancel()
+        if self._pending is not None and not self._pending.done():
+            await self._pending
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

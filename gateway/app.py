@@ -1,0 +1,145 @@
+"""The ASGI application: routes, the request-id middleware, error rendering and the lifespan.
+
+`create_app(config)` opens a `Runtime` (upstream clients and state) in its lifespan and closes it
+at shutdown; a test may pass its own `runtime` (then the test closes it) or `transports` that
+replace upstreams' networks. Every error leaves as OpenAI's envelope, each response carries
+`x-request-id`, and an unexpected exception becomes a 500 naming the request id while its
+traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import __version__
+from gateway.api.chat import ChatCompletions
+from gateway.api.health import healthz, readyz
+from gateway.api.models import list_models, retrieve_model
+from gateway.api.responses import error_response
+from gateway.config import Config
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    internal_error,
+)
+from gateway.logs import accept_request_id
+from gateway.runtime import Runtime
+
+log = logging.getLogger("gateway")
+
+
+class RequestIdMiddleware:
+    """Gives every request an id (the client's `x-request-id` if sane) and every response it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                given = value
+                break
+        request_id = accept_request_id(given)
+        scope["gateway.request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: GatewayError
+    if exc.status_code == 404:
+        error = NotFound(f"no route for {request.method} {request.url.path}")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+        error.headers.update(exc.headers or {})
+    else:
+        error = InvalidRequest(exc.detail, status=exc.status_code)
+    return error_response(error)
+
+
+async def _gateway_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, GatewayError)
+    return error_response(exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    request_id = request.scope.get("gateway.request_id", "unknown")
+    log.error("unexpected error", exc_info=exc, extra={"request_id": request_id})
+    response = error_response(internal_error(request_id))
+    response.headers["x-request-id"] = request_id
+    return response
+
+
+def create_app(
+    config: Config,
+    runtime: Runtime | None = None,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+) -> Starlette:
+    """The gateway as an ASGI app. Its lifespan owns the runtime unless one is passed in."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if runtime is not None:
+            app.state.runtime = runtime
+            yield
+            return
+        opened = await Runtime.open(config, transports)
+        app.state.runtime = opened
+        log.info(
+            "gateway ready",
+            extra={
+                "version": __version__,
+                "config": config.source,
+                "models": len(config.models),
+                "upstreams": ",".join(
+                    f"{u.name}({'ok' if u.unusable is None else 'unconfigured'})"
+                    for u in opened.upstreams.values()
+                ),
+            },
+        )
+        try:
+            yield
+        finally:
+            await opened.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", ChatCompletions(), methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    handlers: dict[Any, Any] = {
+        HTTPException: _http_error,
+        GatewayError: _gateway_error,
+        Exception: _unexpected,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    if runtime is not None:
+        app.state.runtime = runtime
+    app.add_middleware(RequestIdMiddleware)
+    return app

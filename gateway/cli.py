@@ -1,0 +1,120 @@
+"""The `gateway` command: serve, check, schema.
+
+Exit codes: 0 ok, 1 failure (an invalid config included), 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, json_schema, load_config
+
+log = logging.getLogger("gateway")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    code: int = args.run(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="An OpenAI-compatible LLM gateway."
+    )
+    parser.add_argument("--version", action="version", version=f"gateway {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the gateway")
+    _config_option(serve)
+    serve.add_argument("--host", help="address to bind (overrides server.host)")
+    serve.add_argument("--port", type=int, help="port to bind (overrides server.port)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"])
+    serve.set_defaults(run=_serve)
+
+    check = commands.add_parser("check", help="validate the config and exit 0 (valid) or 1")
+    _config_option(check)
+    check.set_defaults(run=_check)
+
+    schema = commands.add_parser("schema", help="print the config's JSON Schema")
+    schema.set_defaults(run=_schema)
+    return parser
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        "-c",
+        metavar="FILE",
+        help="config file (default: $GATEWAY_CONFIG, else ./gateway.yaml, else the shipped one)",
+    )
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"error: {line}", file=sys.stderr)
+        return None
+
+
+def _check(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if config is None:
+        return 1
+    unconfigured = [n for n, u in config.upstreams.items() if not u.configured]
+    print(
+        f"{config.source}: ok ({len(config.upstreams)} upstreams, {len(config.models)} models"
+        + (f"; unconfigured: {', '.join(unconfigured)}" if unconfigured else "")
+        + ")"
+    )
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn  # the other commands stay fast without it
+
+    from gateway.app import create_app
+    from gateway.logs import setup_logging
+
+    setup_logging(args.log_level, args.log_format)
+    config = _load(args)
+    if config is None:
+        return 1
+    host = args.host or config.server.host
+    port = config.server.port if args.port is None else args.port
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            log_level=args.log_level,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=25,
+        )
+    )
+    log.info("serving", extra={"url": f"http://{host}:{port}", "config": config.source})
+    server.run()
+    return 0 if server.started else 1

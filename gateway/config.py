@@ -1,0 +1,362 @@
+"""gateway.yaml plus the environment, turned into frozen, validated settings.
+
+This is the only module that reads YAML or the environment. Loading goes in three steps: the YAML
+is composed into nodes (so every value keeps its line, and duplicate keys are caught), `${VAR}`,
+`${VAR:-default}` and `${VAR:?message}` are expanded in string values, and the result is validated
+by msgspec into frozen Structs. msgspec rather than pydantic: it is a fraction of the import time
+and memory, its Structs are frozen and slotted, and it writes the JSON Schema `gateway schema`
+prints. Its error paths drop mapping keys (`$.models[...]`), so the name-keyed sections are
+validated entry by entry here and every error names the full key path and the YAML line.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+import yaml
+
+PROVIDERS = ("openai", "mock")
+Provider = Literal["openai", "mock"]
+Transport = Literal["aiohttp", "httpx"]
+
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+
+class ConfigError(Exception):
+    """The configuration is invalid. `errors` lists one `file:line: path: message` per problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class Secret:
+    """A credential from the config. Its repr never shows the value; `reveal()` does."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return "Secret('********')" if self._value else "Secret('')"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class _Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Settings, frozen=True):
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    max_body_bytes: PositiveInt = 10 * 1024 * 1024
+    # The gateway's own deadline per request; httpx's read timeout restarts on every chunk.
+    request_timeout: PositiveFloat = 600.0
+    # Seconds of upstream silence after which an open stream gets an SSE `:` comment; 0 = never.
+    sse_keepalive: NonNegativeFloat = 15.0
+
+
+class Timeouts(_Settings, frozen=True):
+    connect: PositiveFloat = 5.0
+    read: PositiveFloat = 60.0
+    write: PositiveFloat = 10.0
+    pool: PositiveFloat = 5.0
+
+
+class PoolLimits(_Settings, frozen=True):
+    max_connections: PositiveInt = 100
+    max_keepalive: Annotated[int, msgspec.Meta(ge=0)] = 20
+    keepalive_expiry: NonNegativeFloat = 30.0
+
+
+class UpstreamConfig(_Settings, frozen=True):
+    provider: Provider
+    base_url: str | None = None
+    api_key: Secret | None = None
+    headers: dict[str, str] = msgspec.field(default_factory=dict)
+    timeouts: Timeouts = Timeouts()
+    pool: PoolLimits = PoolLimits()
+    http2: bool = False
+    transport: Transport | None = None
+    # mock only: seconds before the first streamed token, and the token rate (0 = no pacing).
+    ttft: NonNegativeFloat = 0.0
+    tokens_per_second: NonNegativeFloat = 0.0
+
+    @property
+    def configured(self) -> bool:
+        """False when a key was configured but resolved to empty (`${OPENAI_API_KEY:-}`)."""
+        return self.api_key is None or bool(self.api_key)
+
+
+class Target(_Settings, frozen=True):
+    upstream: str
+    model: str
+
+
+class Config(_Settings, frozen=True):
+    server: ServerConfig = ServerConfig()
+    upstreams: dict[str, UpstreamConfig] = msgspec.field(default_factory=dict)
+    models: dict[str, tuple[Target, ...]] = msgspec.field(default_factory=dict)
+    source: str = "<defaults>"
+
+
+_MOCK_ONLY = ("ttft", "tokens_per_second")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def default_config_path() -> Path:
+    """--config, then GATEWAY_CONFIG, then ./gateway.yaml, then the copy shipped in the package."""
+    if env := os.environ.get("GATEWAY_CONFIG"):
+        return Path(env)
+    local = Path("gateway.yaml")
+    if local.is_file():
+        return local
+    packaged = Path(__file__).with_name("gateway.yaml")
+    if packaged.is_file():
+        return packaged
+    return Path(__file__).parent.parent / "gateway.yaml"  # an editable install
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate a config file. Raises ConfigError naming every problem found."""
+    file = Path(path) if path is not None else default_config_path()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{file}: cannot read config: {exc}"]) from None
+    return parse_config(text, source=str(file))
+
+
+def parse_config(
+    text: str, source: str = "<string>", environ: Mapping[str, str] | None = None
+) -> Config:
+    """Validate YAML `text` (expanding `${...}` from `environ`, default os.environ)."""
+    env = os.environ if environ is None else environ
+    reader = _Reader(source, env)
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{source}{line}: invalid YAML: {exc}"]) from None
+    data = reader.to_python(node, "") if node is not None else {}
+    return reader.build(data)  # raises ConfigError with every problem, YAML's and msgspec's
+
+
+@dataclass
+class _Reader:
+    """Walks YAML nodes into plain data, remembering the line of every key path."""
+
+    source: str
+    environ: Mapping[str, str]
+
+    def __post_init__(self) -> None:
+        self.lines: dict[str, int] = {}
+        self.errors: list[str] = []
+
+    def error(self, path: str, message: str, line: int | None = None) -> None:
+        line = line or self.line_of(path)
+        where = f"{self.source}:{line}" if line else self.source
+        self.errors.append(f"{where}: {path or '(top level)'}: {message}")
+
+    def line_of(self, path: str) -> int | None:
+        while True:
+            if path in self.lines:
+                return self.lines[path]
+            if not path:
+                return None
+            path = _parent(path)
+
+    def to_python(self, node: yaml.Node, path: str) -> object:
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            yaml.SafeLoader.flatten_mapping(yaml.SafeLoader(""), node)
+            out: dict[object, object] = {}
+            for key_node, value_node in node.value:
+                key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    self.lines.setdefault(path, key_node.start_mark.line + 1)
+                    self.error(path, "keys must be strings")
+                    continue
+                child = _join(path, key)
+                if key in out:
+                    self.error(child, "duplicate key", key_node.start_mark.line + 1)
+                    continue
+                self.lines[child] = key_node.start_mark.line + 1
+                out[key] = self.to_python(value_node, child)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [self.to_python(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
+        return self.scalar(node, path)
+
+    def scalar(self, node: yaml.Node, path: str) -> object:
+        loader = yaml.SafeLoader("")
+        try:
+            value: object = loader.construct_object(node, deep=True)
+        finally:
+            loader.dispose()
+        if isinstance(value, str) and "$" in value:
+            value = self.expand(value, path)
+        return value
+
+    def expand(self, value: str, path: str) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            if match.group(0) == "$$":
+                return "$"
+            name, op, arg = match.group(1), match.group(2), match.group(3)
+            current = self.environ.get(name)
+            if op == ":-":
+                return current if current else arg
+            if op == ":?" and not current:
+                self.error(path, f"environment variable {name} is required: {arg or 'not set'}")
+                return ""
+            if current is None:
+                self.error(path, f"environment variable {name} is not set (use ${{{name}:-}})")
+                return ""
+            return current
+
+        return _ENV.sub(substitute, value)
+
+    # ------------------------------------------------------------ validation
+
+    def convert(self, data: object, kind: Any, path: str) -> Any:
+        try:
+            return msgspec.convert(data, kind, strict=False, dec_hook=_decode_secret)
+        except msgspec.ValidationError as exc:
+            message, _, where = str(exc).partition(" - at `$")
+            sub = where.rstrip("`")
+            field = re.search(r"unknown field `([^`]+)`", message)
+            missing = re.search(r"missing required field `([^`]+)`", message)
+            full = path + sub
+            if field:
+                full = _join(full, field.group(1))
+                message = "unknown key (check the spelling; `gateway schema` lists every key)"
+            elif missing:
+                full = _join(full, missing.group(1))
+                message = "required key is missing"
+            self.error(full, message)
+            return None
+
+    def build(self, data: object) -> Config:
+        if not isinstance(data, dict):
+            self.error("", "the config must be a mapping with server, upstreams and models")
+            raise ConfigError(self.errors)
+        for key in data:
+            if key not in ("server", "upstreams", "models"):
+                self.error(key, "unknown key (expected server, upstreams, models)")
+        server = self.convert(data.get("server") or {}, ServerConfig, "server")
+        upstreams = {
+            name: upstream
+            for name, raw in self.section(data, "upstreams")
+            if (upstream := self.upstream(name, raw)) is not None
+        }
+        models: dict[str, tuple[Target, ...]] = {}
+        for name, raw in self.section(data, "models"):
+            targets = self.convert(raw, tuple[Target, ...], f"models.{name}")
+            if targets is None:
+                continue
+            if not targets:
+                self.error(f"models.{name}", "a model needs at least one target")
+            for i, target in enumerate(targets):
+                if target.upstream not in upstreams and f"upstreams.{target.upstream}" not in (
+                    self.lines
+                ):
+                    self.error(
+                        f"models.{name}[{i}].upstream", f"unknown upstream '{target.upstream}'"
+                    )
+            models[name] = targets
+        if self.errors:
+            raise ConfigError(self.errors)
+        return Config(server=server, upstreams=upstreams, models=models, source=self.source)
+
+    def section(self, data: dict[object, object], key: str) -> Iterator[tuple[str, object]]:
+        raw = data.get(key) or {}
+        if not isinstance(raw, dict):
+            self.error(key, "must be a mapping of names to settings")
+            return
+        for name, value in raw.items():
+            assert isinstance(name, str)  # to_python only makes string keys
+            if not _NAME.match(name):
+                self.error(_join(key, name), "names use letters, digits and . _ : / @ + -")
+                continue
+            yield name, value
+
+    def upstream(self, name: str, raw: object) -> UpstreamConfig | None:
+        path = f"upstreams.{name}"
+        upstream: UpstreamConfig | None = self.convert(raw, UpstreamConfig, path)
+        if upstream is None:
+            return None
+        given = raw if isinstance(raw, dict) else {}
+        if upstream.provider != "mock":
+            for key in _MOCK_ONLY:
+                if key in given:
+                    self.error(f"{path}.{key}", "only the mock provider takes this key")
+            if not upstream.base_url:
+                self.error(f"{path}.base_url", f"provider {upstream.provider} needs a base_url")
+        if upstream.base_url and not re.match(r"^https?://[^/\s?#]+", upstream.base_url):
+            self.error(f"{path}.base_url", "must be an http:// or https:// URL")
+        if upstream.http2 and upstream.transport == "aiohttp":
+            self.error(f"{path}.http2", "HTTP/2 needs transport httpx (aiohttp speaks HTTP/1.1)")
+        for header, value in upstream.headers.items():
+            if not _HEADER_NAME.match(header) or "\r" in value or "\n" in value:
+                self.error(f"{path}.headers.{header}", "not a valid HTTP header")
+        return upstream
+
+
+def _decode_secret(kind: type, value: object) -> object:
+    if kind is Secret and isinstance(value, str):
+        return Secret(value)
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _parent(path: str) -> str:
+    cut = max(path.rfind("."), path.rfind("["))
+    return path[:cut] if cut > 0 else ""
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of gateway.yaml, for editors (`gateway schema`)."""
+
+    def hook(kind: type) -> dict[str, Any]:
+        # Secret is the only custom type in the settings.
+        return {"type": "string", "description": "a secret; use ${ENV_VAR}"}
+
+    schema: dict[str, Any] = msgspec.json.schema(Config, schema_hook=hook)
+    defs = schema.get("$defs", {})
+    defs.get("Config", {}).get("properties", {}).pop("source", None)
+    schema["title"] = "gateway.yaml"
+    return schema

@@ -1,0 +1,201 @@
+"""The gateway's error tree and the one table that turns an error into OpenAI's envelope.
+
+Every failure a client can see is a `GatewayError`: it carries the HTTP status, OpenAI's error
+`type` and `code`, the offending `param`, and whether trying the next upstream in the chain can
+help (`fallback`). Foreign exceptions (httpx, aiohttp, JSON) are translated where they enter;
+rendering happens once, in `app.py`, through `to_openai_error()`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, TypedDict
+
+
+class ErrorBody(TypedDict):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class ErrorEnvelope(TypedDict):
+    error: ErrorBody
+
+
+class GatewayError(Exception):
+    """Base of every error the gateway answers with."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = "internal_error"
+    fallback: ClassVar[bool] = False
+    # The OpenAI SDKs honour `x-should-retry`; retrying a request the client got wrong cannot help.
+    retryable: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = headers or {}
+
+
+class InvalidRequest(GatewayError):
+    """The client's request is malformed: 400 naming the param."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+    retryable = False
+
+
+class ModelNotFound(InvalidRequest):
+    status = 404
+    code = "model_not_found"
+
+
+class RequestTooLarge(InvalidRequest):
+    status = 413
+    code = "request_too_large"
+
+
+class NotFound(InvalidRequest):
+    """No such route."""
+
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(InvalidRequest):
+    status = 405
+    code = "method_not_allowed"
+
+
+class AuthenticationFailed(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+    retryable = False
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+    fallback = True
+
+
+class CircuitOpen(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "circuit_open"
+    fallback = True
+
+
+class UpstreamError(GatewayError):
+    """The upstream could not serve: unreachable, timed out, 401/403/5xx or an unreadable body."""
+
+    status = 502
+    type = "server_error"
+    code = "upstream_error"
+    fallback = True
+
+
+class UpstreamTimeout(UpstreamError):
+    status = 504
+    code = "upstream_timeout"
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Nothing in the chain is usable (unconfigured or disabled), so nothing was tried."""
+
+    status = 503
+    code = "no_upstream_available"
+
+
+class UpstreamRejected(GatewayError):
+    """The upstream refused the request itself (400/404/413/422): passed through, no fallback."""
+
+    status = 400
+    type = "invalid_request_error"
+    code = None
+    retryable = False
+
+
+class StreamInterrupted(UpstreamError):
+    """The upstream stream broke after the first byte reached the client."""
+
+    code = "stream_interrupted"
+
+
+class UpstreamFailure:
+    """One failed attempt of a chain: which upstream and why (no secrets)."""
+
+    __slots__ = ("error", "upstream")
+
+    def __init__(self, upstream: str, error: GatewayError) -> None:
+        self.upstream = upstream
+        self.error = error
+
+    def __str__(self) -> str:
+        return self.error.message  # names the upstream already
+
+
+class AllUpstreamsFailed(GatewayError):
+    """Every target of the chain failed; the most telling status, each attempt named."""
+
+    status = 502
+    type = "server_error"
+    code = "all_upstreams_failed"
+    retryable = False  # the chain was exhausted already
+
+    def __init__(self, model: str, failures: list[UpstreamFailure]) -> None:
+        statuses = {f.error.status for f in failures}
+        if len(failures) == 1:
+            only = failures[0].error
+            status, code = only.status, only.code
+        elif statuses == {429}:
+            status, code = 429, "rate_limit_exceeded"
+        elif statuses == {503}:
+            status, code = 503, "no_upstream_available"
+        elif statuses == {504}:
+            status, code = 504, "upstream_timeout"
+        else:
+            status, code = 502, "all_upstreams_failed"
+        tried = "; ".join(str(f) for f in failures)
+        headers: dict[str, str] = {}
+        for failure in failures:
+            if "retry-after" in failure.error.headers:
+                headers["retry-after"] = failure.error.headers["retry-after"]
+        super().__init__(
+            f"no upstream could serve model '{model}' ({tried})",
+            code=code,
+            status=status,
+            headers=headers,
+        )
+        if status == 429:
+            self.type = "rate_limit_error"
+        self.failures = failures
+
+
+def to_openai_error(exc: GatewayError) -> ErrorEnvelope:
+    """The JSON body for `exc`, in OpenAI's error envelope."""
+    return {
+        "error": {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
+    }
+
+
+def internal_error(request_id: str) -> GatewayError:
+    """What a client sees for a bug of ours: the request id to quote, nothing internal."""
+    return GatewayError(f"internal error; quote request id {request_id} when reporting it")

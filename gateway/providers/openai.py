@@ -1,0 +1,273 @@
+"""OpenAI and every OpenAI-compatible server (vLLM, llama.cpp, LiteLLM, Groq, Together, Mistral,
+DeepSeek, TGI's Messages API), and the built-in mock, which speaks this format too.
+
+The request goes out as the client sent it (unknown fields included) with the target's model
+name, so new OpenAI parameters work before the gateway knows them. Quirks handled here, from
+the API reference (platform.openai.com/docs/api-reference/chat) and the servers in the wild:
+- Streams always ask for usage (`stream_options.include_usage`) so the gateway can count tokens;
+  the trailing usage chunk and the `usage: null` on other chunks are removed again when the
+  client did not ask for them.
+- The spec requires `choices[].logprobs`, `message.refusal`, `message.content` and each chunk's
+  `finish_reason` even when null; compatible servers often omit them, so they are filled in.
+- Errors come as `{"error": {message, type, param, code}}` (OpenAI, vLLM), `{"error": "...",
+  "error_type": ...}` (TGI), `{"detail": ...}` (FastAPI-based servers) or plain text.
+- A stream that ends without `data: [DONE]` is complete only if a finish_reason was seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+
+from gateway.config import Target, UpstreamConfig
+from gateway.errors import (
+    GatewayError,
+    RateLimited,
+    StreamInterrupted,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
+from gateway.logs import redact
+from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
+from gateway.providers.base import UpstreamRequest
+from gateway.sse import SSEDecoder
+
+MOCK_BASE_URL = "http://mock.gateway.internal/v1"
+USER_AGENT = "llm-gateway"
+_PASSED_THROUGH = frozenset({400, 404, 409, 413, 415, 422})
+MAX_ERROR_MESSAGE = 1000
+
+
+class OpenAITranslator:
+    """Translator for `provider: openai` and `provider: mock`."""
+
+    def build_request(
+        self, request: ChatRequest, target: Target, upstream: UpstreamConfig
+    ) -> UpstreamRequest:
+        body = dict(request.body)
+        body["model"] = target.model
+        if request.stream:
+            options = body.get("stream_options")
+            body["stream_options"] = {
+                **(options if isinstance(options, dict) else {}),
+                "include_usage": True,
+            }
+        headers = {
+            **request.forward_headers,
+            **upstream.headers,
+            "content-type": "application/json",
+            "accept": "text/event-stream" if request.stream else "application/json",
+            "user-agent": USER_AGENT,
+        }
+        if upstream.api_key:
+            headers["authorization"] = "Bearer " + upstream.api_key.reveal()
+        return UpstreamRequest("POST", _base(upstream) + "/chat/completions", headers, _dumps(body))
+
+    def parse_response(self, body: bytes, request: ChatRequest, upstream: str) -> ChatCompletion:
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError(f"upstream '{upstream}' returned a body that is not JSON") from None
+        return normalize_completion(data, upstream)
+
+    def parse_error(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        upstream: str,
+        secrets: tuple[str, ...],
+    ) -> GatewayError:
+        return error_from_status(status, headers, *error_details(body), upstream, secrets)
+
+    def stream_decoder(
+        self, request: ChatRequest, upstream: str, secrets: tuple[str, ...]
+    ) -> OpenAIStreamDecoder:
+        return OpenAIStreamDecoder(request.include_usage, upstream, secrets)
+
+    def health_probe(self, upstream: UpstreamConfig) -> UpstreamRequest:
+        headers = {**upstream.headers, "accept": "application/json", "user-agent": USER_AGENT}
+        if upstream.api_key:
+            headers["authorization"] = "Bearer " + upstream.api_key.reveal()
+        return UpstreamRequest("GET", _base(upstream) + "/models", headers)
+
+
+def _base(upstream: UpstreamConfig) -> str:
+    return (upstream.base_url or MOCK_BASE_URL).rstrip("/")
+
+
+def _dumps(body: object) -> bytes:
+    return orjson.dumps(body)
+
+
+# ------------------------------------------------------------------- responses
+
+
+def normalize_completion(data: object, upstream: str) -> ChatCompletion:
+    """`data` as a spec-valid `chat.completion`. Raises UpstreamError if it cannot be one."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamError(f"upstream '{upstream}' returned a body that is not a chat completion")
+    data["object"] = "chat.completion"
+    data.setdefault("id", "chatcmpl-gateway")
+    data.setdefault("created", 0)
+    data.setdefault("model", "")
+    for index, choice in enumerate(data["choices"]):
+        message = choice.get("message") if isinstance(choice, dict) else None
+        if not isinstance(message, dict):
+            raise UpstreamError(f"upstream '{upstream}' returned a choice without a message")
+        choice.setdefault("index", index)
+        choice.setdefault("logprobs", None)
+        if choice.get("finish_reason") is None:
+            choice["finish_reason"] = "tool_calls" if message.get("tool_calls") else "stop"
+        message.setdefault("role", "assistant")
+        message.setdefault("content", None)
+        message.setdefault("refusal", None)
+        for call in message.get("tool_calls") or ():
+            if isinstance(call, dict):
+                call.setdefault("type", "function")
+    usage = data.get("usage")
+    if isinstance(usage, dict):
+        _complete_usage(usage)
+    return data  # type: ignore[return-value]  # shape checked above
+
+
+def _complete_usage(usage: dict[str, object]) -> None:
+    prompt = usage.setdefault("prompt_tokens", 0)
+    completion = usage.setdefault("completion_tokens", 0)
+    if "total_tokens" not in usage and isinstance(prompt, int) and isinstance(completion, int):
+        usage["total_tokens"] = prompt + completion
+
+
+class OpenAIStreamDecoder:
+    """OpenAI SSE chunks in, spec-valid chunks out (see the module docstring for the rules)."""
+
+    __slots__ = ("_include_usage", "_secrets", "_sse", "_upstream", "done", "finished", "usage")
+
+    def __init__(self, include_usage: bool, upstream: str, secrets: tuple[str, ...]) -> None:
+        self._sse = SSEDecoder()
+        self._include_usage = include_usage
+        self._upstream = upstream
+        self._secrets = secrets
+        self.done = False
+        self.finished = False
+        self.usage: Usage | None = None
+
+    def feed(self, data: bytes) -> list[ChatCompletionChunk]:
+        chunks: list[ChatCompletionChunk] = []
+        for event in self._sse.feed(data):
+            if event.data == b"[DONE]":
+                self.done = True
+                continue
+            try:
+                chunk = orjson.loads(event.data)
+            except orjson.JSONDecodeError:
+                raise StreamInterrupted(
+                    f"upstream '{self._upstream}' sent a stream event that is not JSON"
+                ) from None
+            if not isinstance(chunk, dict):
+                raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed event")
+            if "error" in chunk:
+                message, kind, _, code = error_details(event.data)
+                raise StreamInterrupted(
+                    f"upstream '{self._upstream}' failed mid-stream: "
+                    + redact(message, self._secrets),
+                    code=code or kind or "stream_interrupted",
+                )
+            usage = chunk.get("usage")
+            if usage:
+                _complete_usage(usage)
+                self.usage = usage
+            choices = chunk.get("choices")
+            if not isinstance(choices, list):
+                raise StreamInterrupted(f"upstream '{self._upstream}' sent a chunk without choices")
+            if not self._include_usage:
+                if not choices:
+                    continue  # the usage chunk we asked for on our own account
+                chunk.pop("usage", None)
+            chunk["object"] = "chat.completion.chunk"
+            for index, choice in enumerate(choices):
+                choice.setdefault("index", index)
+                choice.setdefault("delta", {})
+                if choice.setdefault("finish_reason", None) is not None:
+                    self.finished = True
+            chunks.append(chunk)  # type: ignore[arg-type]  # shape checked above
+        return chunks
+
+    def close(self) -> list[ChatCompletionChunk]:
+        if not (self.done or self.finished):
+            raise StreamInterrupted(
+                f"upstream '{self._upstream}' closed the stream before it finished"
+            )
+        return []
+
+
+# ------------------------------------------------------------------- errors
+
+
+def error_details(body: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """(message, type, param, code) from any of the error shapes OpenAI-like servers send."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text[:MAX_ERROR_MESSAGE] or "no error message"), None, None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return (
+            str(error.get("message") or "no error message")[:MAX_ERROR_MESSAGE],
+            _text(error.get("type")),
+            _text(error.get("param")),
+            _text(error.get("code")),
+        )
+    if isinstance(error, str):  # TGI: {"error": "...", "error_type": "validation"}
+        return error[:MAX_ERROR_MESSAGE], _text(data.get("error_type")), None, None
+    if isinstance(data, dict) and "detail" in data:  # FastAPI
+        return str(data["detail"])[:MAX_ERROR_MESSAGE], None, None, None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return data["message"][:MAX_ERROR_MESSAGE], _text(data.get("type")), None, None
+    return body.decode("utf-8", "replace")[:MAX_ERROR_MESSAGE], None, None, None
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)[:200]
+
+
+def error_from_status(
+    status: int,
+    headers: Mapping[str, str],
+    message: str,
+    kind: str | None,
+    param: str | None,
+    code: str | None,
+    upstream: str,
+    secrets: tuple[str, ...],
+) -> GatewayError:
+    """The gateway's answer to an upstream's non-2xx status (shared by every provider)."""
+    message = redact(message, secrets)
+    if status in _PASSED_THROUGH:
+        rejected = UpstreamRejected(message, param=param, code=code, status=status)
+        if kind:
+            rejected.type = kind
+        return rejected
+    if status in (401, 403):
+        return UpstreamError(
+            f"upstream '{upstream}' refused the gateway's credentials ({status})",
+            code="upstream_auth_failed",
+        )
+    if status == 429:
+        retry = {k: headers[k] for k in ("retry-after", "retry-after-ms") if k in headers}
+        return RateLimited(f"upstream '{upstream}' is rate limited: {message}", headers=retry)
+    if status in (408, 504):
+        return UpstreamTimeout(f"upstream '{upstream}' timed out ({status})")
+    if status in (503, 529):
+        return UpstreamError(
+            f"upstream '{upstream}' is overloaded ({status}): {message}",
+            status=503,
+            code="upstream_overloaded",
+        )
+    return UpstreamError(f"upstream '{upstream}' failed with status {status}: {message}")
+
+
+OPENAI = OpenAITranslator()

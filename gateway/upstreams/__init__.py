@@ -1,0 +1,1 @@
+"""Upstream state, clients and the built-in mock."""

@@ -1,0 +1,319 @@
+"""The upstream HTTP clients: one pooled client per upstream, and the only place that builds them.
+
+`Clients.open()` (called by the app's lifespan) builds a client for every upstream on the
+running loop; `send()` is how everyone else talks to an upstream; `aclose()` closes every pool.
+Network errors become `GatewayError`s here, in one table, and nothing below this module knows
+which HTTP library is in use.
+
+The transport is chosen by measurement (bench/, figures in the README): httpx's client API over
+httpcore's pool costs a proxy most of its throughput (its async pool rescans every connection
+on each request start and close), so plain HTTP/1.1 upstreams go through aiohttp's pool, with
+the same timeouts and limits. httpx serves where aiohttp cannot: HTTP/2 (`http2: true`), the
+in-process mock, transports that tests inject, and `transport: httpx` for anyone who wants it.
+Redirects are never followed: an upstream key must only ever go to its configured host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+import httpx
+
+from gateway.config import UpstreamConfig
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.providers.base import UpstreamRequest
+from gateway.upstreams.mock import MockTransport
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """Read from the pool in use, not estimated."""
+
+    active: int
+    idle: int
+    waiting: int
+    max_connections: int
+
+
+class UpstreamResponse(Protocol):
+    """An upstream's answer with its headers read and its body not yet. Always `aclose()` it."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive
+
+    async def read(self) -> bytes: ...
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The body as it arrives (decompressed). Raises GatewayError if it breaks off."""
+        ...
+
+    async def aclose(self) -> None:
+        """Returns the connection to the pool if the body was read, else closes it."""
+        ...
+
+
+class _Client(Protocol):
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+    def pool_stats(self) -> PoolStats: ...
+    async def aclose(self) -> None: ...
+
+
+class Clients:
+    """One client per upstream name. Build with `open()` inside a running event loop."""
+
+    def __init__(self, clients: dict[str, _Client]) -> None:
+        self._clients = clients
+
+    @classmethod
+    async def open(
+        cls,
+        upstreams: Mapping[str, UpstreamConfig],
+        transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    ) -> Clients:
+        """`transports` replaces the network for the named upstreams (tests)."""
+        transports = transports or {}
+        clients: dict[str, _Client] = {}
+        for name, upstream in upstreams.items():
+            transport = transports.get(name)
+            if transport is None and upstream.provider == "mock":
+                transport = MockTransport(upstream)
+            if transport is not None or upstream.http2 or upstream.transport == "httpx":
+                clients[name] = _HttpxClient(name, upstream, transport)
+            else:
+                clients[name] = _AiohttpClient(name, upstream)
+        return cls(clients)
+
+    async def send(self, upstream: str, request: UpstreamRequest) -> UpstreamResponse:
+        """Send `request` to `upstream`; returns once the status and headers are in.
+
+        Raises UpstreamError (unreachable, broken) or UpstreamTimeout. The caller owns the
+        response and must `aclose()` it, also when cancelled.
+        """
+        return await self._clients[upstream].send(request)
+
+    def pool_stats(self, upstream: str) -> PoolStats:
+        return self._clients[upstream].pool_stats()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(c.aclose() for c in self._clients.values()))
+
+
+# ------------------------------------------------------------------- aiohttp
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's pool keeps every idle connection up to `limit`; this caps them at max_keepalive."""
+
+    def __init__(self, max_keepalive: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._max_keepalive = max_keepalive
+
+    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
+        super()._release(key, protocol, should_close=should_close)
+        idle = self._conns.get(key)
+        while idle and len(idle) > self._max_keepalive:
+            oldest, _ = idle.popleft()
+            oldest.close()
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            active=len(self._acquired),
+            idle=sum(len(conns) for conns in self._conns.values()),
+            waiting=sum(len(waiters) for waiters in self._waiters.values()),
+            max_connections=self.limit,
+        )
+
+
+class _AiohttpClient:
+    def __init__(self, name: str, upstream: UpstreamConfig) -> None:
+        self._name = name
+        timeouts, pool = upstream.timeouts, upstream.pool
+        self._connector = _Connector(
+            pool.max_keepalive,
+            limit=pool.max_connections,
+            limit_per_host=0,
+            keepalive_timeout=pool.keepalive_expiry or None,
+            force_close=pool.keepalive_expiry == 0,
+            ttl_dns_cache=60,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=self._connector,
+            # `connect` covers waiting for a pooled connection plus opening one.
+            timeout=aiohttp.ClientTimeout(
+                total=None,
+                connect=timeouts.pool + timeouts.connect,
+                sock_connect=timeouts.connect,
+                sock_read=timeouts.read,
+            ),
+            auto_decompress=True,
+            trust_env=False,
+            skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        try:
+            response = await self._session.request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                allow_redirects=False,
+            )
+        except Exception as exc:
+            raise _translate(exc, self._name) from None
+        return _AiohttpResponse(response, self._name)
+
+    def pool_stats(self) -> PoolStats:
+        return self._connector.stats()
+
+    async def aclose(self) -> None:
+        await self._session.close()
+
+
+class _AiohttpResponse:
+    __slots__ = ("_name", "_response", "headers", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse, name: str) -> None:
+        self._response = response
+        self._name = name
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.read()
+        except Exception as exc:
+            raise _translate(exc, self._name) from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        while True:
+            try:
+                chunk = await content.readany()
+            except Exception as exc:
+                raise _translate(exc, self._name) from None
+            if not chunk:
+                return
+            yield chunk
+
+    async def aclose(self) -> None:
+        # A fully read body has released its connection already; anything else is closed,
+        # because a half-read HTTP/1.1 connection cannot carry another request.
+        self._response.close()
+
+
+# ------------------------------------------------------------------- httpx
+
+
+class _HttpxClient:
+    def __init__(
+        self, name: str, upstream: UpstreamConfig, transport: httpx.AsyncBaseTransport | None
+    ) -> None:
+        self._name = name
+        timeouts, pool = upstream.timeouts, upstream.pool
+        self._limits = pool.max_connections
+        self._client = httpx.AsyncClient(
+            transport=transport,
+            http2=upstream.http2,
+            timeout=httpx.Timeout(
+                connect=timeouts.connect,
+                read=timeouts.read,
+                write=timeouts.write,
+                pool=timeouts.pool,
+            ),
+            limits=httpx.Limits(
+                max_connections=pool.max_connections,
+                max_keepalive_connections=pool.max_keepalive,
+                keepalive_expiry=pool.keepalive_expiry,
+            ),
+            follow_redirects=False,
+            trust_env=False,
+        )
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        built = self._client.build_request(
+            request.method, request.url, headers=request.headers, content=request.body
+        )
+        try:
+            response = await self._client.send(built, stream=True)
+        except Exception as exc:
+            raise _translate(exc, self._name) from None
+        return _HttpxResponse(response, self._name)
+
+    def pool_stats(self) -> PoolStats:
+        pool = getattr(self._client._transport, "_pool", None)  # httpcore's, when it is in use
+        connections = list(getattr(pool, "connections", ()))
+        active = sum(1 for c in connections if not c.is_idle())
+        waiting = len(getattr(pool, "_requests", ())) - active if pool is not None else 0
+        return PoolStats(active, len(connections) - active, max(waiting, 0), self._limits)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+class _HttpxResponse:
+    __slots__ = ("_name", "_response", "headers", "status")
+
+    def __init__(self, response: httpx.Response, name: str) -> None:
+        self._response = response
+        self._name = name
+        self.status = response.status_code
+        self.headers: Mapping[str, str] = response.headers
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.aread()
+        except Exception as exc:
+            raise _translate(exc, self._name) from None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self._response.aiter_bytes():
+                yield chunk
+        except Exception as exc:
+            raise _translate(exc, self._name) from None
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+# ------------------------------------------------------------------- errors
+
+_TIMEOUTS: tuple[type[BaseException], ...] = (
+    TimeoutError,
+    httpx.TimeoutException,
+    aiohttp.ServerTimeoutError,
+)
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    httpx.ConnectError,
+    aiohttp.ClientConnectorError,
+)
+_BROKEN: tuple[type[BaseException], ...] = (
+    httpx.TransportError,
+    httpx.DecodingError,
+    httpx.StreamError,
+    aiohttp.ClientError,
+    ConnectionError,
+    OSError,
+)
+
+
+def _translate(exc: Exception, upstream: str) -> GatewayError:
+    """The one table from network exceptions to gateway errors (messages name no URL or key)."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, _TIMEOUTS):
+        return UpstreamTimeout(f"upstream '{upstream}' timed out")
+    if isinstance(exc, _UNREACHABLE):
+        return UpstreamError(f"upstream '{upstream}' is unreachable", code="upstream_unreachable")
+    if isinstance(exc, _BROKEN):
+        return UpstreamError(
+            f"upstream '{upstream}' broke the connection ({type(exc).__name__})",
+            code="upstream_connection_error",
+        )
+    raise exc
