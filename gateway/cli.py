@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -115,6 +116,9 @@ def _serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=25,
         )
     )
-    log.info("serving", extra={"url": f"http://{host}:{port}", "config": config.source})
+    # uvicorn re-raises the SIGINT/SIGTERM it shut down on once it is done, with the handler that
+    # was installed before it ran: with these no-op handlers a clean shutdown exits 0.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, lambda signum, frame: None)
     server.run()
     return 0 if server.started else 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import MutableMapping
 from typing import Any
 
 import orjson
@@ -19,16 +20,18 @@ from gateway import pipeline
 from gateway.errors import (
     GatewayError,
     InvalidRequest,
+    MethodNotAllowed,
     RequestTooLarge,
     UpstreamTimeout,
     internal_error,
     to_openai_error,
 )
+from gateway.logs import accept_request_id
 from gateway.openai_types import ChatCompletionChunk, ChatRequest, parse_chat_request
 from gateway.runtime import Runtime
 from gateway.sse import DONE, KEEPALIVE
 
-Scope = dict[str, Any]
+Scope = MutableMapping[str, Any]
 Message = dict[str, Any]
 Receive = Any
 Send = Any
@@ -94,16 +97,28 @@ def forward_headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-class ChatCompletions:
-    """The endpoint as an ASGI app: Starlette's Route passes a non-function the raw scope."""
+async def chat_completions(scope: Scope, receive: Receive, raw_send: Send, rt: Runtime) -> None:
+    """The ASGI endpoint. It sets its own `x-request-id` on every response it sends."""
+    given = None
+    for key, value in scope["headers"]:
+        if key == b"x-request-id":
+            given = value
+            break
+    request_id = accept_request_id(given)
+    id_header = (b"x-request-id", request_id.encode())
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await chat_completions(scope, receive, send)
+    async def send_with_id(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"].append(id_header)
+        await raw_send(message)
 
-
-async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
-    rt: Runtime = scope["app"].state.runtime
-    request_id: str = scope["gateway.request_id"]
+    if scope["method"] != "POST":
+        error = MethodNotAllowed(
+            f"{scope['method']} is not allowed on {scope['path']}", headers={"allow": "POST"}
+        )
+        await send_error(send_with_id, error)
+        return
+    send = send_with_id
     started = time.perf_counter()
     record: dict[str, object] = {"request_id": request_id, "status": 500}
     try:
