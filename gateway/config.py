@@ -169,7 +169,12 @@ def parse_config(
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError([f"{source}{line}: invalid YAML: {exc}"]) from None
-    data = reader.to_python(node, "") if node is not None else {}
+    try:
+        data = reader.to_python(node, "") if node is not None else {}
+    except yaml.YAMLError as exc:  # e.g. a tag SafeLoader will not construct
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError([f"{source}{line}: invalid YAML: {exc}"]) from None
     return reader.build(data)  # raises ConfigError with every problem, YAML's and msgspec's
 
 
@@ -182,6 +187,7 @@ class _Reader:
 
     def __post_init__(self) -> None:
         self.lines: dict[str, int] = {}
+        self.explicit: set[str] = set()  # key paths written out, not merged in with `<<`
         self.errors: list[str] = []
 
     def error(self, path: str, message: str, line: int | None = None) -> None:
@@ -200,18 +206,21 @@ class _Reader:
     def to_python(self, node: yaml.Node, path: str) -> object:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
+            explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
             yaml.SafeLoader.flatten_mapping(yaml.SafeLoader(""), node)
+            merged = len(node.value) - explicit  # `<<` pairs come first; explicit keys win
             out: dict[object, object] = {}
-            for key_node, value_node in node.value:
+            for position, (key_node, value_node) in enumerate(node.value):
                 key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
                 if not isinstance(key, str):
-                    self.lines.setdefault(path, key_node.start_mark.line + 1)
-                    self.error(path, "keys must be strings")
+                    self.error(path, "keys must be strings", key_node.start_mark.line + 1)
                     continue
                 child = _join(path, key)
-                if key in out:
+                if key in out and child in self.explicit:
                     self.error(child, "duplicate key", key_node.start_mark.line + 1)
                     continue
+                if position >= merged:
+                    self.explicit.add(child)
                 self.lines[child] = key_node.start_mark.line + 1
                 out[key] = self.to_python(value_node, child)
             return out
@@ -313,6 +322,13 @@ class _Reader:
 
     def upstream(self, name: str, raw: object) -> UpstreamConfig | None:
         path = f"upstreams.{name}"
+        headers = raw.get("headers") if isinstance(raw, dict) else None
+        if isinstance(headers, dict):  # msgspec would say `headers[...]`: name the header
+            wrong = [k for k, v in headers.items() if not isinstance(v, str)]
+            for key in wrong:
+                self.error(f"{path}.headers.{key}", "header values must be strings")
+            if wrong:
+                return None
         upstream: UpstreamConfig | None = self.convert(raw, UpstreamConfig, path)
         if upstream is None:
             return None

@@ -27,7 +27,7 @@ _SECRET_SHAPES = re.compile(
     r"|\bAIza[0-9A-Za-z_\-]{20,}"
     r"|([?&](?:key|api[_-]?key|access_token|token)=)[^&\s\"']+"
 )
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _MASK = "[REDACTED]"
 
 
@@ -58,7 +58,7 @@ def accept_request_id(value: bytes | None) -> str:
     """The client's `x-request-id` if it is a sane token, else a new id."""
     if value:
         text = value.decode("latin-1")
-        if _REQUEST_ID.match(text):
+        if _REQUEST_ID.fullmatch(text):
             return text
     return new_request_id()
 

@@ -287,7 +287,9 @@ def _check_content(content: object, path: str, allowed: frozenset[str]) -> None:
         elif kind == "image_url":
             image = part.get("image_url")
             if not isinstance(image, dict):
-                raise InvalidRequest(f"'{where}.image_url' must be an object", param=where)
+                raise InvalidRequest(
+                    f"'{where}.image_url' must be an object", param=f"{where}.image_url"
+                )
             _need_str(image.get("url"), f"{where}.image_url.url")
             detail = image.get("detail")
             if detail is not None and detail not in ("auto", "low", "high"):
@@ -298,7 +300,9 @@ def _check_content(content: object, path: str, allowed: frozenset[str]) -> None:
         elif kind == "input_audio":
             audio = part.get("input_audio")
             if not isinstance(audio, dict):
-                raise InvalidRequest(f"'{where}.input_audio' must be an object", param=where)
+                raise InvalidRequest(
+                    f"'{where}.input_audio' must be an object", param=f"{where}.input_audio"
+                )
             _need_str(audio.get("data"), f"{where}.input_audio.data")
             _need_str(audio.get("format"), f"{where}.input_audio.format")
         elif kind == "file" and not isinstance(part.get("file"), dict):
@@ -316,7 +320,9 @@ def _check_tool_calls(tool_calls: object, path: str) -> None:
         if call.get("type", "function") == "function":
             function = call.get("function")
             if not isinstance(function, dict):
-                raise InvalidRequest(f"'{where}.function' must be an object", param=where)
+                raise InvalidRequest(
+                    f"'{where}.function' must be an object", param=f"{where}.function"
+                )
             _need_str(function.get("name"), f"{where}.function.name")
             _need_str(function.get("arguments"), f"{where}.function.arguments")
 

@@ -10,7 +10,6 @@ upstream (400, 404, 413, 422) is returned at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gateway.errors import (
@@ -60,25 +59,29 @@ async def complete(request: ChatRequest, rt: Runtime) -> tuple[ChatCompletion, S
         except GatewayError as exc:
             if not exc.fallback:
                 raise
-            failures.append(UpstreamFailure(upstream.name, exc))
-            log.warning("upstream failed", extra={"upstream": upstream.name, "reason": exc.message})
+            failures.append(_failed(upstream.name, exc))
     raise AllUpstreamsFailed(request.model, failures)
 
 
 class Stream:
-    """An upstream stream whose first chunks are in. Iterate for the rest; always `aclose()`."""
+    """An upstream stream whose first chunks are in. Iterate for the rest; always `aclose()`.
+
+    Iterating yields batches of OpenAI chunks as the upstream sends them, and raises
+    GatewayError if the upstream breaks off or sends something it should not.
+    """
+
+    __slots__ = ("_decoder", "_ended", "_reply", "first", "served")
 
     def __init__(
         self,
         reply: UpstreamResponse,
-        body: AsyncIterator[bytes],
         decoder: StreamDecoder,
         first: list[ChatCompletionChunk],
         served: Served,
     ) -> None:
         self._reply = reply
-        self._body = body
         self._decoder = decoder
+        self._ended = False
         self.first = first
         self.served = served
 
@@ -86,16 +89,22 @@ class Stream:
     def decoder(self) -> StreamDecoder:
         return self._decoder
 
-    async def __aiter__(self) -> AsyncIterator[list[ChatCompletionChunk]]:
-        """Batches of chunks as the upstream sends them. Raises GatewayError if it breaks."""
-        decoder = self._decoder
-        async for data in self._body:
-            chunks = decoder.feed(data)
+    def __aiter__(self) -> Stream:
+        return self
+
+    async def __anext__(self) -> list[ChatCompletionChunk]:
+        while not self._ended:
+            data = await self._reply.receive()
+            if not data:
+                self._ended = True
+                tail = self._decoder.close()  # raises if the stream was cut short
+                if tail:
+                    return tail
+                break
+            chunks = self._decoder.feed(data)
             if chunks:
-                yield chunks
-        tail = decoder.close()
-        if tail:
-            yield tail
+                return chunks
+        raise StopAsyncIteration
 
     async def aclose(self) -> None:
         await self._reply.aclose()
@@ -115,7 +124,7 @@ async def open_stream(request: ChatRequest, rt: Runtime) -> Stream:
         except GatewayError as exc:
             if not exc.fallback:
                 raise
-            failures.append(UpstreamFailure(upstream.name, exc))
+            failures.append(_failed(upstream.name, exc))
             continue
         try:
             if not 200 <= reply.status < 300:
@@ -124,27 +133,30 @@ async def open_stream(request: ChatRequest, rt: Runtime) -> Stream:
                     reply.status, reply.headers, body, upstream.name, upstream.secrets
                 )
             decoder = translator.stream_decoder(request, upstream.name, upstream.secrets)
-            chunks = reply.chunks()
             first: list[ChatCompletionChunk] = []
-            async for data in chunks:
-                first = decoder.feed(data)
-                if first:
+            while not first:
+                data = await reply.receive()
+                if not data:
+                    first = decoder.close()
+                    if not first:
+                        raise StreamInterrupted(
+                            f"upstream '{upstream.name}' ended the stream without an event"
+                        )
                     break
-            else:
-                first = decoder.close()
-                if not first:
-                    raise StreamInterrupted(
-                        f"upstream '{upstream.name}' ended the stream without an event"
-                    )
+                first = decoder.feed(data)
             served = Served(upstream.name, reply.headers.get("x-request-id"))
-            return Stream(reply, chunks, decoder, first, served)
+            return Stream(reply, decoder, first, served)
         except GatewayError as exc:
             await reply.aclose()
             if not exc.fallback:
                 raise
-            failures.append(UpstreamFailure(upstream.name, exc))
-            log.warning("upstream failed", extra={"upstream": upstream.name, "reason": exc.message})
+            failures.append(_failed(upstream.name, exc))
         except BaseException:
             await reply.aclose()
             raise
     raise AllUpstreamsFailed(request.model, failures)
+
+
+def _failed(upstream: str, exc: GatewayError) -> UpstreamFailure:
+    log.warning("upstream failed", extra={"upstream": upstream, "reason": exc.message})
+    return UpstreamFailure(upstream, exc)

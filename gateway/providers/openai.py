@@ -61,6 +61,8 @@ class OpenAITranslator:
             "accept": "text/event-stream" if request.stream else "application/json",
             "user-agent": USER_AGENT,
         }
+        if "authorization" not in upstream.headers:
+            headers.pop("authorization", None)  # only ever the upstream's own credentials
         if upstream.api_key:
             headers["authorization"] = "Bearer " + upstream.api_key.reveal()
         return UpstreamRequest("POST", _base(upstream) + "/chat/completions", headers, _dumps(body))
@@ -124,7 +126,10 @@ def normalize_completion(data: object, upstream: str) -> ChatCompletion:
         message.setdefault("role", "assistant")
         message.setdefault("content", None)
         message.setdefault("refusal", None)
-        for call in message.get("tool_calls") or ():
+        calls = message.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise UpstreamError(f"upstream '{upstream}' returned tool_calls that are not a list")
+        for call in calls or ():
             if isinstance(call, dict):
                 call.setdefault("type", "function")
     usage = data.get("usage")
@@ -172,13 +177,15 @@ class OpenAIStreamDecoder:
                 message, kind, _, code = error_details(event.data)
                 raise StreamInterrupted(
                     f"upstream '{self._upstream}' failed mid-stream: "
-                    + redact(message, self._secrets),
+                    + redact(message, self._secrets)[:MAX_ERROR_MESSAGE],
                     code=code or kind or "stream_interrupted",
                 )
             usage = chunk.get("usage")
             if usage:
+                if not isinstance(usage, dict):
+                    raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed usage")
                 _complete_usage(usage)
-                self.usage = usage
+                self.usage = usage  # type: ignore[assignment]  # an object, completed above
             choices = chunk.get("choices")
             if not isinstance(choices, list):
                 raise StreamInterrupted(f"upstream '{self._upstream}' sent a chunk without choices")
@@ -187,7 +194,13 @@ class OpenAIStreamDecoder:
                     continue  # the usage chunk we asked for on our own account
                 chunk.pop("usage", None)
             chunk["object"] = "chat.completion.chunk"
+            if "id" not in chunk or "created" not in chunk or "model" not in chunk:
+                chunk.setdefault("id", "chatcmpl-gateway")
+                chunk.setdefault("created", 0)
+                chunk.setdefault("model", "")
             for index, choice in enumerate(choices):
+                if not isinstance(choice, dict):
+                    raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed choice")
                 choice.setdefault("index", index)
                 choice.setdefault("delta", {})
                 if choice.setdefault("finish_reason", None) is not None:
@@ -207,27 +220,30 @@ class OpenAIStreamDecoder:
 
 
 def error_details(body: bytes) -> tuple[str, str | None, str | None, str | None]:
-    """(message, type, param, code) from any of the error shapes OpenAI-like servers send."""
+    """(message, type, param, code) from any of the error shapes OpenAI-like servers send.
+
+    The message is whole: callers redact it before they shorten it.
+    """
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         text = body.decode("utf-8", "replace").strip()
-        return (text[:MAX_ERROR_MESSAGE] or "no error message"), None, None, None
+        return (text or "no error message"), None, None, None
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
         return (
-            str(error.get("message") or "no error message")[:MAX_ERROR_MESSAGE],
+            str(error.get("message") or "no error message"),
             _text(error.get("type")),
             _text(error.get("param")),
             _text(error.get("code")),
         )
     if isinstance(error, str):  # TGI: {"error": "...", "error_type": "validation"}
-        return error[:MAX_ERROR_MESSAGE], _text(data.get("error_type")), None, None
+        return error, _text(data.get("error_type")), None, None
     if isinstance(data, dict) and "detail" in data:  # FastAPI
-        return str(data["detail"])[:MAX_ERROR_MESSAGE], None, None, None
+        return str(data["detail"]), None, None, None
     if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return data["message"][:MAX_ERROR_MESSAGE], _text(data.get("type")), None, None
-    return body.decode("utf-8", "replace")[:MAX_ERROR_MESSAGE], None, None, None
+        return data["message"], _text(data.get("type")), None, None
+    return body.decode("utf-8", "replace"), None, None, None
 
 
 def _text(value: object) -> str | None:
@@ -245,7 +261,7 @@ def error_from_status(
     secrets: tuple[str, ...],
 ) -> GatewayError:
     """The gateway's answer to an upstream's non-2xx status (shared by every provider)."""
-    message = redact(message, secrets)
+    message = redact(message, secrets)[:MAX_ERROR_MESSAGE]  # redact first: a cut key hides
     if status in _PASSED_THROUGH:
         rejected = UpstreamRejected(message, param=param, code=code, status=status)
         if kind:

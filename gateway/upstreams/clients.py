@@ -47,8 +47,11 @@ class UpstreamResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
-    def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (decompressed). Raises GatewayError if it breaks off."""
+    async def receive(self) -> bytes:
+        """The next piece of the body as it arrives (decompressed); b"" at its end.
+
+        Raises GatewayError if the body breaks off.
+        """
         ...
 
     async def aclose(self) -> None:
@@ -190,16 +193,11 @@ class _AiohttpResponse:
         except Exception as exc:
             raise _translate(exc, self._name) from None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        while True:
-            try:
-                chunk = await content.readany()
-            except Exception as exc:
-                raise _translate(exc, self._name) from None
-            if not chunk:
-                return
-            yield chunk
+    async def receive(self) -> bytes:
+        try:
+            return await self._response.content.readany()
+        except Exception as exc:
+            raise _translate(exc, self._name) from None
 
     async def aclose(self) -> None:
         # A fully read body has released its connection already; anything else is closed,
@@ -257,11 +255,12 @@ class _HttpxClient:
 
 
 class _HttpxResponse:
-    __slots__ = ("_name", "_response", "headers", "status")
+    __slots__ = ("_body", "_name", "_response", "headers", "status")
 
     def __init__(self, response: httpx.Response, name: str) -> None:
         self._response = response
         self._name = name
+        self._body: AsyncIterator[bytes] | None = None
         self.status = response.status_code
         self.headers: Mapping[str, str] = response.headers
 
@@ -271,10 +270,11 @@ class _HttpxResponse:
         except Exception as exc:
             raise _translate(exc, self._name) from None
 
-    async def chunks(self) -> AsyncIterator[bytes]:
+    async def receive(self) -> bytes:
+        if self._body is None:
+            self._body = self._response.aiter_bytes()
         try:
-            async for chunk in self._response.aiter_bytes():
-                yield chunk
+            return await anext(self._body, b"")
         except Exception as exc:
             raise _translate(exc, self._name) from None
 
