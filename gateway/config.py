@@ -188,6 +188,7 @@ class _Reader:
     def __post_init__(self) -> None:
         self.lines: dict[str, int] = {}
         self.explicit: set[str] = set()  # key paths written out, not merged in with `<<`
+        self.merged: dict[int, int] = {}  # mapping node id -> how many of its pairs `<<` added
         self.errors: list[str] = []
 
     def error(self, path: str, message: str, line: int | None = None) -> None:
@@ -206,9 +207,13 @@ class _Reader:
     def to_python(self, node: yaml.Node, path: str) -> object:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
-            explicit = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
-            yaml.SafeLoader.flatten_mapping(yaml.SafeLoader(""), node)
-            merged = len(node.value) - explicit  # `<<` pairs come first; explicit keys win
+            # flatten_mapping rewrites the node in place (`<<` pairs first, explicit keys after,
+            # which win); an alias visits the same node again, so the split is remembered.
+            merged = self.merged.get(id(node))
+            if merged is None:
+                explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+                yaml.SafeLoader.flatten_mapping(yaml.SafeLoader(""), node)
+                merged = self.merged[id(node)] = len(node.value) - explicit
             out: dict[object, object] = {}
             for position, (key_node, value_node) in enumerate(node.value):
                 key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None

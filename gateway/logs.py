@@ -33,8 +33,8 @@ _MASK = "[REDACTED]"
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
     """`text` with the given secrets and anything shaped like a credential masked."""
-    for secret in secrets:
-        if secret and len(secret) >= 4:
+    for secret in sorted(secrets, key=len, reverse=True):  # a longer secret may hold a shorter
+        if len(secret) >= 4:
             text = text.replace(secret, _MASK)
 
     def mask(match: re.Match[str]) -> str:

@@ -66,7 +66,7 @@ class ServerThread:
         graceful_timeout: int = 5,
     ) -> None:
         self.app = app
-        self.name = f"{name}-{next(_names)}"
+        self.name = f"{name}-{next(_names)}"  # also the thread's name, as log records show it
         self._lifespan_error: BaseException | None = None
         self._thread_error: BaseException | None = None
         config = uvicorn.Config(
@@ -98,10 +98,6 @@ class ServerThread:
         if self._server.loop is None:
             raise RuntimeError(f"{self.name} is not running")
         return self._server.loop
-
-    @property
-    def thread_name(self) -> str:
-        return self._thread.name
 
     async def _serve_app(self, scope: Scope, receive: Receive, send: Send) -> None:
         # uvicorn only logs a lifespan failure; keep the exception to raise it from start()/stop().

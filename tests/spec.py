@@ -4,7 +4,7 @@ The schemas are the subset of OpenAI's OpenAPI spec copied into `tests/data/open
 by `tests/data/extract_schemas.py` (regenerate it there, never by hand). They keep the spec's
 `#/components/schemas/<Name>` layout, so the document is registered once in a
 `referencing.Registry` and every name is validated through a `$ref` into it (JSON Schema 2020-12).
-Format keywords (`unixtime`, `uri`) are annotations only, as the spec's own clients treat them.
+Format keywords (`unixtime`, `uri`) are not asserted, JSON Schema's default.
 
 `validate()` checks one body; `validate_stream()` parses an SSE body, checks every chunk and the
 invariants OpenAI's stream keeps across chunks; `assemble()` folds chunks back into choices.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ SCHEMAS_PATH = Path(__file__).parent / "data" / "openai_schemas.json"
 # Any absolute URI will do: it only names the document inside the registry.
 DOCUMENT_URI = "urn:openai:openapi"
 MAX_ERRORS = 5
+_SSE_LINE_END = re.compile(r"\r\n|\r|\n")
 MAX_MESSAGE = 300
 
 
@@ -45,7 +47,8 @@ def schema_names() -> list[str]:
 @functools.cache
 def _registry() -> Registry[Any]:
     resource = Resource.from_contents(_document(), default_specification=DRAFT202012)
-    return Registry().with_resource(DOCUMENT_URI, resource)
+    registry: Registry[Any] = Registry().with_resource(DOCUMENT_URI, resource)
+    return registry
 
 
 @functools.cache
@@ -109,10 +112,14 @@ def sse_data(body: str | bytes | Iterable[str]) -> list[str]:
     Follows the SSE rules a client follows: events end at a blank line, `:` lines are comments,
     several `data:` lines of one event join with a newline, one space after the colon is
     dropped, and an event the body ends in the middle of (no blank line yet) is discarded.
+
+    Pass the whole body rather than httpx's `iter_lines()` when the data may hold U+2028 or
+    U+0085 unescaped (orjson writes them raw): `iter_lines()` splits lines like
+    `str.splitlines()`, at those too, while SSE lines end only at CR, LF or CRLF.
     """
     if isinstance(body, bytes):
         body = body.decode("utf-8")
-    lines = body.splitlines() if isinstance(body, str) else body
+    lines = _SSE_LINE_END.split(body) if isinstance(body, str) else body
     events: list[str] = []
     data: list[str] | None = None
     for raw in lines:
@@ -155,7 +162,9 @@ def validate_stream(
         except json.JSONDecodeError as exc:
             raise AssertionError(f"event {position} is not JSON: {_shorten(data)!r}") from exc
         assert isinstance(event, dict), f"event {position} is not an object: {_shorten(data)!r}"
-        validate("ErrorResponse" if "error" in event else "CreateChatCompletionStreamResponse", event)
+        validate(
+            "ErrorResponse" if "error" in event else "CreateChatCompletionStreamResponse", event
+        )
         events.append(event)
     chunks = [event for event in events if "error" not in event]
     for key in ("id", "created", "model"):
@@ -202,7 +211,9 @@ def assemble(chunks: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
             for call in delta.get("tool_calls") or []:
                 calls: list[dict[str, Any]] = into["tool_calls"]
                 while len(calls) <= call["index"]:
-                    calls.append({"id": None, "type": None, "function": {"name": "", "arguments": ""}})
+                    calls.append(
+                        {"id": None, "type": None, "function": {"name": "", "arguments": ""}}
+                    )
                 merged = calls[call["index"]]
                 merged["id"] = call.get("id") or merged["id"]
                 merged["type"] = call.get("type") or merged["type"]

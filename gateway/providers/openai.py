@@ -112,9 +112,7 @@ def normalize_completion(data: object, upstream: str) -> ChatCompletion:
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise UpstreamError(f"upstream '{upstream}' returned a body that is not a chat completion")
     data["object"] = "chat.completion"
-    data.setdefault("id", "chatcmpl-gateway")
-    data.setdefault("created", 0)
-    data.setdefault("model", "")
+    _fill_identity(data)
     for index, choice in enumerate(data["choices"]):
         message = choice.get("message") if isinstance(choice, dict) else None
         if not isinstance(message, dict):
@@ -135,7 +133,20 @@ def normalize_completion(data: object, upstream: str) -> ChatCompletion:
     usage = data.get("usage")
     if isinstance(usage, dict):
         _complete_usage(usage)
+    elif "usage" in data:
+        del data["usage"]  # null or junk: the spec's usage is an object or absent
     return data  # type: ignore[return-value]  # shape checked above
+
+
+def _fill_identity(data: dict[str, object]) -> None:
+    """The spec requires id, created and model; some servers omit them or send null."""
+    if not isinstance(data.get("id"), str):
+        data["id"] = "chatcmpl-gateway"
+    created = data.get("created")
+    if not isinstance(created, int) or isinstance(created, bool):
+        data["created"] = 0
+    if not isinstance(data.get("model"), str):
+        data["model"] = ""
 
 
 def _complete_usage(usage: dict[str, object]) -> None:
@@ -194,10 +205,7 @@ class OpenAIStreamDecoder:
                     continue  # the usage chunk we asked for on our own account
                 chunk.pop("usage", None)
             chunk["object"] = "chat.completion.chunk"
-            if "id" not in chunk or "created" not in chunk or "model" not in chunk:
-                chunk.setdefault("id", "chatcmpl-gateway")
-                chunk.setdefault("created", 0)
-                chunk.setdefault("model", "")
+            _fill_identity(chunk)
             for index, choice in enumerate(choices):
                 if not isinstance(choice, dict):
                     raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed choice")
