@@ -23,7 +23,7 @@ import yaml
 
 PROVIDERS = ("openai", "mock")
 Provider = Literal["openai", "mock"]
-Transport = Literal["aiohttp", "httpx"]
+Transport = Literal["native", "httpx"]
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
@@ -346,8 +346,8 @@ class _Reader:
                 self.error(f"{path}.base_url", f"provider {upstream.provider} needs a base_url")
         if upstream.base_url and not re.match(r"^https?://[^/\s?#]+", upstream.base_url):
             self.error(f"{path}.base_url", "must be an http:// or https:// URL")
-        if upstream.http2 and upstream.transport == "aiohttp":
-            self.error(f"{path}.http2", "HTTP/2 needs transport httpx (aiohttp speaks HTTP/1.1)")
+        if upstream.http2 and upstream.transport == "native":
+            self.error(f"{path}.http2", "HTTP/2 needs transport httpx (native speaks HTTP/1.1)")
         for header, value in upstream.headers.items():
             if not _HEADER_NAME.match(header) or "\r" in value or "\n" in value:
                 self.error(f"{path}.headers.{header}", "not a valid HTTP header")

@@ -2,7 +2,7 @@
 
 Every failure a client can see is a `GatewayError`: it carries the HTTP status, OpenAI's error
 `type` and `code`, the offending `param`, and whether trying the next upstream in the chain can
-help (`fallback`). Foreign exceptions (httpx, aiohttp, JSON) are translated where they enter;
+help (`fallback`). Foreign exceptions (network, JSON) are translated where they enter;
 rendering happens once, in `app.py`, through `to_openai_error()`.
 """
 
@@ -30,7 +30,7 @@ class GatewayError(Exception):
     code: str | None = "internal_error"
     fallback: ClassVar[bool] = False
     # The OpenAI SDKs honour `x-should-retry`; retrying a request the client got wrong cannot help.
-    retryable: ClassVar[bool] = True
+    retryable: bool = True
 
     def __init__(
         self,
@@ -158,7 +158,7 @@ class AllUpstreamsFailed(GatewayError):
     status = 502
     type = "server_error"
     code = "all_upstreams_failed"
-    retryable = False  # the chain was exhausted already
+    retryable = False  # the chain was exhausted already (but see 429 below)
 
     def __init__(self, model: str, failures: list[UpstreamFailure]) -> None:
         statuses = {f.error.status for f in failures}
@@ -186,6 +186,8 @@ class AllUpstreamsFailed(GatewayError):
         )
         if status == 429:
             self.type = "rate_limit_error"
+            # Everything was rate limited: the retry-after says when trying again will help.
+            self.retryable = True
         self.failures = failures
 
 

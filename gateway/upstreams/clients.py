@@ -5,27 +5,32 @@ running loop; `send()` is how everyone else talks to an upstream; `aclose()` clo
 Network errors become `GatewayError`s here, in one table, and nothing below this module knows
 which HTTP library is in use.
 
-The transport is chosen by measurement (bench/, figures in the README): httpx's client API over
-httpcore's pool costs a proxy most of its throughput (its async pool rescans every connection
-on each request start and close), so plain HTTP/1.1 upstreams go through aiohttp's pool, with
-the same timeouts and limits. httpx serves where aiohttp cannot: HTTP/2 (`http2: true`), the
-in-process mock, transports that tests inject, and `transport: httpx` for anyone who wants it.
-Redirects are never followed: an upstream key must only ever go to its configured host.
+The transport is chosen by measurement (bench/README.md): httpx's client API over httpcore's
+pool costs a proxy most of its throughput (its async pool rescans every connection on each
+request start and close), and aiohttp's ClientSession still spends about ten times what the
+request needs, so plain HTTP/1.1 upstreams go through the gateway's own small pool
+(`upstreams/http1.py`, `transport: native`, the default). httpx serves the rest: HTTP/2
+(`http2: true`), the in-process mock, transports that tests inject, and `transport: httpx` for
+anyone who wants it. Redirects are never followed and a URL off the upstream's origin is
+refused: an upstream key must only ever go to its configured host.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ssl
+import zlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
+from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
 
 from gateway.config import UpstreamConfig
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.providers.base import UpstreamRequest
+from gateway.upstreams import http1
 from gateway.upstreams.mock import MockTransport
 
 
@@ -87,7 +92,7 @@ class Clients:
             if transport is not None or upstream.http2 or upstream.transport == "httpx":
                 clients[name] = _HttpxClient(name, upstream, transport)
             else:
-                clients[name] = _AiohttpClient(name, upstream)
+                clients[name] = _NativeClient(name, upstream)
         return cls(clients)
 
     async def send(self, upstream: str, request: UpstreamRequest) -> UpstreamResponse:
@@ -105,83 +110,70 @@ class Clients:
         await asyncio.gather(*(c.aclose() for c in self._clients.values()))
 
 
-# ------------------------------------------------------------------- aiohttp
+# ------------------------------------------------------------------- native
 
 
-class _Connector(aiohttp.TCPConnector):
-    """aiohttp's pool keeps every idle connection up to `limit`; this caps them at max_keepalive."""
+class _NativeClient:
+    """The gateway's own HTTP/1.1 pool (upstreams/http1.py) for one upstream's origin."""
 
-    def __init__(self, max_keepalive: int, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._max_keepalive = max_keepalive
-
-    def _release(self, key: Any, protocol: Any, *, should_close: bool = False) -> None:
-        super()._release(key, protocol, should_close=should_close)
-        idle = self._conns.get(key)
-        while idle and len(idle) > self._max_keepalive:
-            oldest, _ = idle.popleft()
-            oldest.close()
-
-    def stats(self) -> PoolStats:
-        return PoolStats(
-            active=len(self._acquired),
-            idle=sum(len(conns) for conns in self._conns.values()),
-            waiting=sum(len(waiters) for waiters in self._waiters.values()),
-            max_connections=self.limit,
-        )
-
-
-class _AiohttpClient:
     def __init__(self, name: str, upstream: UpstreamConfig) -> None:
         self._name = name
+        base = urlsplit(upstream.base_url or "")
+        self._origin = http1.Origin(
+            base.scheme, base.hostname or "", base.port or (443 if base.scheme == "https" else 80)
+        )
         timeouts, pool = upstream.timeouts, upstream.pool
-        self._connector = _Connector(
-            pool.max_keepalive,
-            limit=pool.max_connections,
-            limit_per_host=0,
-            keepalive_timeout=pool.keepalive_expiry or None,
-            force_close=pool.keepalive_expiry == 0,
-            ttl_dns_cache=60,
-        )
-        self._session = aiohttp.ClientSession(
-            connector=self._connector,
-            # `connect` covers waiting for a pooled connection plus opening one.
-            timeout=aiohttp.ClientTimeout(
-                total=None,
-                connect=timeouts.pool + timeouts.connect,
-                sock_connect=timeouts.connect,
-                sock_read=timeouts.read,
+        self._pool = http1.Pool(
+            self._origin,
+            http1.Limits(
+                max_connections=pool.max_connections,
+                max_keepalive=pool.max_keepalive,
+                keepalive_expiry=pool.keepalive_expiry,
+                connect_timeout=timeouts.connect,
+                read_timeout=timeouts.read,
+                write_timeout=timeouts.write,
+                pool_timeout=timeouts.pool,
             ),
-            auto_decompress=True,
-            trust_env=False,
-            skip_auto_headers=("User-Agent",),
-            cookie_jar=aiohttp.DummyCookieJar(),
+            _tls_context() if base.scheme == "https" else None,
         )
+        self._targets: dict[str, str] = {}
+
+    def _target(self, url: str) -> str:
+        """The request target of `url`, which must be on this upstream's origin."""
+        target = self._targets.get(url)
+        if target is None:
+            parts = urlsplit(url)
+            origin = (parts.scheme, parts.hostname, parts.port or self._origin.port)
+            if origin != (self._origin.scheme, self._origin.host, self._origin.port):
+                # Credentials go only to the configured host.
+                raise UpstreamError(f"upstream '{self._name}': refusing a URL off its origin")
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            if len(self._targets) < 64:
+                self._targets[url] = target
+        return target
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        target = self._target(request.url)
         try:
-            response = await self._session.request(
-                request.method,
-                request.url,
-                data=request.body,
-                headers=request.headers,
-                allow_redirects=False,
+            response = await self._pool.request(
+                request.method, target, dict(request.headers), request.body
             )
         except Exception as exc:
             raise _translate(exc, self._name) from None
-        return _AiohttpResponse(response, self._name)
+        return _NativeResponse(response, self._name)
 
     def pool_stats(self) -> PoolStats:
-        return self._connector.stats()
+        pool = self._pool
+        return PoolStats(pool.active, pool.idle, pool.waiting, pool.limits.max_connections)
 
     async def aclose(self) -> None:
-        await self._session.close()
+        await self._pool.aclose()
 
 
-class _AiohttpResponse:
+class _NativeResponse:
     __slots__ = ("_name", "_response", "headers", "status")
 
-    def __init__(self, response: aiohttp.ClientResponse, name: str) -> None:
+    def __init__(self, response: http1.Response, name: str) -> None:
         self._response = response
         self._name = name
         self.status = response.status
@@ -195,14 +187,22 @@ class _AiohttpResponse:
 
     async def receive(self) -> bytes:
         try:
-            return await self._response.content.readany()
+            return await self._response.receive()
         except Exception as exc:
             raise _translate(exc, self._name) from None
 
     async def aclose(self) -> None:
-        # A fully read body has released its connection already; anything else is closed,
-        # because a half-read HTTP/1.1 connection cannot carry another request.
-        self._response.close()
+        await self._response.aclose()
+
+
+def _tls_context() -> ssl.SSLContext:
+    # certifi's CA bundle (httpx depends on it) where the system store may be missing (slim images)
+    try:
+        import certifi
+
+        return ssl.create_default_context(cafile=certifi.where())
+    except ImportError:  # pragma: no cover
+        return ssl.create_default_context()
 
 
 # ------------------------------------------------------------------- httpx
@@ -284,22 +284,16 @@ class _HttpxResponse:
 
 # ------------------------------------------------------------------- errors
 
-_TIMEOUTS: tuple[type[BaseException], ...] = (
-    TimeoutError,
-    httpx.TimeoutException,
-    aiohttp.ServerTimeoutError,
-)
-_UNREACHABLE: tuple[type[BaseException], ...] = (
-    httpx.ConnectError,
-    aiohttp.ClientConnectorError,
-)
+_TIMEOUTS: tuple[type[BaseException], ...] = (TimeoutError, httpx.TimeoutException)
+_UNREACHABLE: tuple[type[BaseException], ...] = (http1.ConnectError, httpx.ConnectError)
 _BROKEN: tuple[type[BaseException], ...] = (
+    http1.HTTPError,
     httpx.TransportError,
     httpx.DecodingError,
     httpx.StreamError,
-    aiohttp.ClientError,
     ConnectionError,
     OSError,
+    zlib.error,
 )
 
 

@@ -341,11 +341,11 @@ ERROR_CASES: list[Any] = [
     ),
     pytest.param(
         "upstreams:\n  o:\n    provider: openai\n    base_url: https://x\n    http2: true\n"
-        "    transport: aiohttp\n",
+        "    transport: native\n",
         5,
         "upstreams.o.http2",
         "HTTP/2 needs transport httpx",
-        id="http2-with-aiohttp",
+        id="http2-with-native",
     ),
     pytest.param(
         "upstreams:\n  m:\n    provider: mock\n    headers:\n      'bad header': x\n",

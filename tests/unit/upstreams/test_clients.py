@@ -1,4 +1,4 @@
-"""gateway/upstreams/clients.py: the httpx path under respx, the aiohttp path against a real server.
+"""gateway/upstreams/clients.py: the httpx path under respx, the native pool against a real server.
 
 Every test runs its own event loop with `asyncio.run()`, and closes every client and server it
 opens before the loop ends.
@@ -124,7 +124,7 @@ def test_an_injected_transport_replaces_the_network():
         seen.append(request)
         return httpx.Response(201, content=b"created")
 
-    config = upstream("http://127.0.0.1:9/v1")  # would be aiohttp without the transport
+    config = upstream("http://127.0.0.1:9/v1")  # would be the native pool without the transport
     outgoing = chat_request(config)
 
     async def main() -> tuple[int, bytes, Any]:
@@ -238,7 +238,7 @@ def test_httpx_pool_stats_report_the_configured_limit():
     assert (stats.active, stats.idle, stats.waiting, stats.max_connections) == (0, 0, 0, 7)
 
 
-# ---------------------------------------------------------------- aiohttp (a real server)
+# ---------------------------------------------------------------- native pool (a real server)
 
 
 @dataclass
@@ -307,7 +307,7 @@ async def held_until_released(request: web.Request, server: Server) -> web.Strea
     return response
 
 
-def test_aiohttp_round_trip_carries_method_url_headers_and_body():
+def test_native_round_trip_carries_method_url_headers_and_body():
     async def main() -> tuple[int, bytes, Any, list[Seen]]:
         async with serve(json_completion) as server:
             config = upstream(server.url)
@@ -335,7 +335,7 @@ def test_aiohttp_round_trip_carries_method_url_headers_and_body():
     assert json.loads(request.body) == {**BODY, "model": "target"}
 
 
-def test_aiohttp_streams_the_body_in_chunks():
+def test_native_streams_the_body_in_chunks():
     async def main() -> bytes:
         async with serve(held_until_released) as server:
             config = upstream(server.url)
@@ -364,7 +364,7 @@ def free_port() -> int:
     return port
 
 
-def test_aiohttp_connection_refused_is_upstream_unreachable():
+def test_native_connection_refused_is_upstream_unreachable():
     config = upstream(f"http://127.0.0.1:{free_port()}/v1")
 
     async def main() -> GatewayError:
@@ -384,7 +384,7 @@ def test_aiohttp_connection_refused_is_upstream_unreachable():
     assert error.message == "upstream 'up' is unreachable"
 
 
-def test_aiohttp_read_timeout_is_upstream_timeout():
+def test_native_read_timeout_is_upstream_timeout():
     async def main() -> GatewayError:
         async with serve(held_until_released) as server:
             config = upstream(server.url, timeouts=Timeouts(read=0.05))
@@ -407,7 +407,7 @@ def test_aiohttp_read_timeout_is_upstream_timeout():
     assert error.status == 504
 
 
-def test_aiohttp_does_not_follow_redirects():
+def test_native_does_not_follow_redirects():
     async def redirect(request: web.Request, server: Server) -> web.StreamResponse:
         if request.path.endswith("/chat/completions"):
             return web.Response(status=302, headers={"location": "/elsewhere"})
@@ -430,7 +430,7 @@ def test_aiohttp_does_not_follow_redirects():
     assert paths == ["/v1/chat/completions"]
 
 
-def test_aiohttp_pool_stats_show_active_then_idle_connections():
+def test_native_pool_stats_show_active_then_idle_connections():
     async def main() -> list[tuple[int, int]]:
         async with serve(held_until_released) as server:
             config = upstream(server.url)
@@ -458,7 +458,7 @@ def test_aiohttp_pool_stats_show_active_then_idle_connections():
     assert asyncio.run(main()) == [(0, 0), (1, 0), (0, 1), (0, 1), (0, 1)]
 
 
-def test_aiohttp_closes_a_connection_whose_body_was_not_read():
+def test_native_closes_a_connection_whose_body_was_not_read():
     async def main() -> tuple[int, int]:
         async with serve(held_until_released) as server:
             config = upstream(server.url)
@@ -479,7 +479,7 @@ def _counts(clients: Clients) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("max_keepalive", [0, 1, 2])
-def test_aiohttp_idle_connections_are_capped_at_max_keepalive(max_keepalive):
+def test_native_idle_connections_are_capped_at_max_keepalive(max_keepalive):
     concurrent = 4
 
     async def all_arrived(request: web.Request, server: Server) -> web.StreamResponse:
