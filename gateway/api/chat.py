@@ -32,6 +32,7 @@ from gateway.runtime import Runtime
 from gateway.sse import DONE, KEEPALIVE
 
 Scope = MutableMapping[str, Any]
+Header = tuple[bytes, bytes]
 Message = dict[str, Any]
 Receive = Any
 Send = Any
@@ -97,7 +98,7 @@ def forward_headers(scope: Scope) -> dict[str, str]:
     return out
 
 
-async def chat_completions(scope: Scope, receive: Receive, raw_send: Send, rt: Runtime) -> None:
+async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runtime) -> None:
     """The ASGI endpoint. It sets its own `x-request-id` on every response it sends."""
     given = None
     for key, value in scope["headers"]:
@@ -107,18 +108,12 @@ async def chat_completions(scope: Scope, receive: Receive, raw_send: Send, rt: R
     request_id = accept_request_id(given)
     id_header = (b"x-request-id", request_id.encode())
 
-    async def send_with_id(message: Message) -> None:
-        if message["type"] == "http.response.start":
-            message["headers"].append(id_header)
-        await raw_send(message)
-
     if scope["method"] != "POST":
         error = MethodNotAllowed(
             f"{scope['method']} is not allowed on {scope['path']}", headers={"allow": "POST"}
         )
-        await send_error(send_with_id, error)
+        await send_error(send, error, id_header)
         return
-    send = send_with_id
     started = time.perf_counter()
     record: dict[str, object] = {"request_id": request_id, "status": 500}
     try:
@@ -127,22 +122,27 @@ async def chat_completions(scope: Scope, receive: Receive, raw_send: Send, rt: R
         record.update(model=request.model, stream=request.stream)
         rt.routes.chain_for(request.model)  # an unknown model is a 404 before any work
         handler = _stream if request.stream else _complete
-        await handler(request, rt, receive, send, record)
+        await handler(request, rt, receive, send, record, id_header)
     except ClientDisconnected:
         record.update(status=499, error="client_disconnected")
     except GatewayError as exc:
         record.update(status=exc.status, error=exc.code)
-        await send_error(send, exc)
+        await send_error(send, exc, id_header)
     except Exception:
         log.exception("unexpected error", extra={"request_id": request_id})
-        await send_error(send, internal_error(request_id))
+        await send_error(send, internal_error(request_id), id_header)
     finally:
         record["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
         log.info("chat completion", extra=record)
 
 
 async def _complete(
-    request: ChatRequest, rt: Runtime, receive: Receive, send: Send, record: dict[str, object]
+    request: ChatRequest,
+    rt: Runtime,
+    receive: Receive,
+    send: Send,
+    record: dict[str, object],
+    id_header: Header,
 ) -> None:
     watch = _DisconnectWatch(receive)
     try:
@@ -166,13 +166,23 @@ async def _complete(
         record.update(
             prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"]
         )
-    headers = [_JSON, (b"content-length", b"%d" % len(payload)), *_served_headers(served)]
+    headers = [
+        _JSON,
+        (b"content-length", b"%d" % len(payload)),
+        *_served_headers(served),
+        id_header,
+    ]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
 
 
 async def _stream(
-    request: ChatRequest, rt: Runtime, receive: Receive, send: Send, record: dict[str, object]
+    request: ChatRequest,
+    rt: Runtime,
+    receive: Receive,
+    send: Send,
+    record: dict[str, object],
+    id_header: Header,
 ) -> None:
     server = rt.config.server
     watch = _DisconnectWatch(receive)
@@ -187,7 +197,7 @@ async def _stream(
                 record.update(
                     upstream=served.upstream, upstream_request_id=served.upstream_request_id
                 )
-                headers = [*_SSE_HEADERS, *_served_headers(served)]
+                headers = [*_SSE_HEADERS, *_served_headers(served), id_header]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
                 record["status"] = 200
                 record["ttfb_ms"] = round((time.perf_counter() - began) * 1000, 2)
@@ -289,10 +299,10 @@ def _too_large(limit: int) -> RequestTooLarge:
     return RequestTooLarge(f"the request body exceeds the gateway's limit of {limit} bytes")
 
 
-async def send_error(send: Send, exc: GatewayError) -> None:
+async def send_error(send: Send, exc: GatewayError, id_header: Header) -> None:
     """Send `exc` as a complete JSON response in OpenAI's error envelope."""
     payload = orjson.dumps(to_openai_error(exc))
-    headers = [_JSON, (b"content-length", b"%d" % len(payload))]
+    headers = [_JSON, (b"content-length", b"%d" % len(payload)), id_header]
     headers += [(k.encode(), v.encode("latin-1")) for k, v in exc.headers.items()]
     if not exc.retryable:
         headers.append(_NO_RETRY)
