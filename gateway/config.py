@@ -99,6 +99,8 @@ class UpstreamConfig(_Settings, frozen=True):
     pool: PoolLimits = PoolLimits()
     http2: bool = False
     transport: Transport | None = None
+    # PEM file of the CA(s) that sign the upstream's certificate (private CAs); default: certifi's.
+    ca_file: str | None = None
     # mock only: seconds before the first streamed token, and the token rate (0 = no pacing).
     ttft: NonNegativeFloat = 0.0
     tokens_per_second: NonNegativeFloat = 0.0
@@ -348,6 +350,8 @@ class _Reader:
             self.error(f"{path}.base_url", "must be an http:// or https:// URL")
         if upstream.http2 and upstream.transport == "native":
             self.error(f"{path}.http2", "HTTP/2 needs transport httpx (native speaks HTTP/1.1)")
+        if upstream.ca_file is not None and not Path(upstream.ca_file).is_file():
+            self.error(f"{path}.ca_file", f"no such file: {upstream.ca_file}")
         for header, value in upstream.headers.items():
             if not _HEADER_NAME.match(header) or "\r" in value or "\n" in value:
                 self.error(f"{path}.headers.{header}", "not a valid HTTP header")

@@ -64,8 +64,11 @@ class ServerThread:
         lifespan: Literal["on", "off"] = "on",
         http: Literal["auto", "h11", "httptools"] = "auto",
         graceful_timeout: int = 5,
+        ssl_certfile: str | None = None,
+        ssl_keyfile: str | None = None,
     ) -> None:
         self.app = app
+        self._scheme = "https" if ssl_certfile else "http"
         self.name = f"{name}-{next(_names)}"  # also the thread's name, as log records show it
         self._lifespan_error: BaseException | None = None
         self._thread_error: BaseException | None = None
@@ -80,6 +83,8 @@ class ServerThread:
             ws="none",  # no websocket stack to import (and none of its deprecation warnings)
             log_config=None,  # leave logging to pytest: records propagate to the root logger
             timeout_graceful_shutdown=graceful_timeout,
+            ssl_certfile=ssl_certfile,
+            ssl_keyfile=ssl_keyfile,
         )
         self._server = _Server(config)
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -87,10 +92,10 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        """`http://127.0.0.1:<port>`, without a trailing slash."""
+        """`http://127.0.0.1:<port>` (https with a certificate), without a trailing slash."""
         if not self.port:
             raise RuntimeError(f"{self.name} is not running")
-        return f"http://{HOST}:{self.port}"
+        return f"{self._scheme}://{HOST}:{self.port}"
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:

@@ -134,7 +134,7 @@ class _NativeClient:
                 write_timeout=timeouts.write,
                 pool_timeout=timeouts.pool,
             ),
-            _tls_context() if base.scheme == "https" else None,
+            _tls_context(upstream.ca_file) if base.scheme == "https" else None,
         )
         self._targets: dict[str, str] = {}
 
@@ -195,14 +195,14 @@ class _NativeResponse:
         await self._response.aclose()
 
 
-def _tls_context() -> ssl.SSLContext:
-    # certifi's CA bundle (httpx depends on it) where the system store may be missing (slim images)
-    try:
+def _tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifying TLS: the upstream's own CA file, else certifi's bundle (httpx depends on it),
+    which slim container images may lack in their system store."""
+    if ca_file is None:
         import certifi
 
-        return ssl.create_default_context(cafile=certifi.where())
-    except ImportError:  # pragma: no cover
-        return ssl.create_default_context()
+        ca_file = certifi.where()
+    return ssl.create_default_context(cafile=ca_file)
 
 
 # ------------------------------------------------------------------- httpx
@@ -218,6 +218,7 @@ class _HttpxClient:
         self._client = httpx.AsyncClient(
             transport=transport,
             http2=upstream.http2,
+            verify=_tls_context(upstream.ca_file) if transport is None else True,
             timeout=httpx.Timeout(
                 connect=timeouts.connect,
                 read=timeouts.read,

@@ -159,6 +159,7 @@ class _Connection(asyncio.Protocol):
         self._decoder: Any = None
         self.idle_since = 0.0
         self.reused = False
+        self.lost: asyncio.Future[None] = self._loop.create_future()
 
     # ------------------------------------------------------------ asyncio callbacks
 
@@ -177,6 +178,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
+        if not self.lost.done():
+            self.lost.set_result(None)
         if self._headers_done and not self._complete and not self._chunked_or_sized():
             self.on_message_complete()  # a body delimited by the connection closing
         elif not self._complete:
@@ -269,11 +272,15 @@ class _Connection(asyncio.Protocol):
             self.close()
             self._pool.release(self)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Close the connection; `abort` skips TLS's close_notify exchange (for shutdown)."""
         if not self._closed:
             self._closed = True
             if self._transport is not None:
-                self._transport.close()
+                if abort:
+                    self._transport.abort()
+                else:
+                    self._transport.close()
 
     @property
     def usable(self) -> bool:
@@ -483,12 +490,15 @@ class Pool:
                 return
 
     async def aclose(self) -> None:
+        """Close every connection and fail every waiter; returns once the sockets are closed."""
         self._closed = True
-        for connection in [*self._idle, *self._busy]:
-            connection.close()
+        connections = [*self._idle, *self._busy]
+        for connection in connections:
+            connection.close(abort=True)
         self._idle.clear()
         for waiter in self._waiters:
             if not waiter.done():
                 waiter.set_exception(RemoteProtocolError("the client is closed"))
         self._waiters.clear()
-        await asyncio.sleep(0)  # let transports finish closing
+        if connections:
+            await asyncio.wait([c.lost for c in connections], timeout=1.0)
