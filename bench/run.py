@@ -11,7 +11,7 @@ Targets: ``direct`` (the load hits the upstream itself), ``reference``
 ``gateway`` (``gateway serve`` with a generated config).
 
 Run from the repo root: ``python bench/run.py [--targets direct,reference,gateway]
-[--transport aiohttp|httpx] [--duration 5]``. Only the standard library is used here; the
+[--transport native|httpx] [--duration 5]``. Only the standard library is used here; the
 helpers run under ``--python`` (default: this interpreter), which needs uvloop, httptools,
 orjson, aiohttp, starlette and uvicorn.
 """
@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import signal
@@ -73,6 +74,7 @@ MAX_C1_OVERHEAD_MS = 0.4  # gateway p50 - direct p50, c=1
 MIN_STREAM_SHARE = 0.95  # gateway streams/s vs direct, 64 streams
 MAX_TTFB_OVERHEAD_MS = 5.0  # gateway TTFB p50 - direct TTFB p50, 64 streams
 MAX_RSS_MB = 100.0
+BUSY_WARN_PCT = 10.0  # other processes' CPU above which the report warns of noise
 
 
 class BenchError(RuntimeError):
@@ -107,6 +109,7 @@ class TargetResult:
     upstream_rss_mb: float | None = None
     upstream_calls: int | None = None  # chat requests the upstream saw during this target
     client_requests: int = 0
+    other_cpu_pct: float | None = None  # CPU used outside the bench meanwhile (% of a core)
     error: str | None = None
 
 
@@ -258,6 +261,66 @@ def rss_mb(pid: int, key: str = "VmRSS") -> float | None:
     return total / 1024 if total else None
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_ticks() -> int:
+    """CPU time the machine spent in processes, and stolen by the host, in clock ticks.
+
+    Interrupt time is left out: loopback traffic is mostly softirq work, which the kernel
+    charges to no process, so it would show up as someone else's.
+    """
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, _irq, _softirq, steal = fields
+    return user + nice + system + steal
+
+
+def _tree_ticks(pid: int) -> int:
+    total = 0
+    for p in [pid, *_descendants(pid)]:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total
+
+
+def _our_ticks(pids: Sequence[int]) -> float:
+    """CPU of the bench: run.py, the load generators it waited for, and the servers."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    seconds = own.ru_utime + own.ru_stime + done.ru_utime + done.ru_stime
+    return seconds * CLK_TCK + sum(_tree_ticks(p) for p in pids)
+
+
+class OtherCpu:
+    """Share of a core that processes outside the bench used (noise) while a target ran."""
+
+    def __init__(self, pids: Sequence[int]) -> None:
+        self.pids = list(pids)
+        self._start = (time.monotonic(), _busy_ticks(), _our_ticks(self.pids))
+
+    def percent(self) -> float:
+        wall, busy, ours = time.monotonic(), _busy_ticks(), _our_ticks(self.pids)
+        other = (busy - self._start[1]) - (ours - self._start[2])
+        return max(0.0, 100 * other / (CLK_TCK * max(wall - self._start[0], 1e-3)))
+
+
+def wait_idle(pids: Sequence[int], limit: float) -> None:
+    """Wait (at most limit seconds) until others use under BUSY_WARN_PCT of a core for 1 s."""
+    deadline = time.monotonic() + limit
+    while True:
+        meter = OtherCpu(pids)
+        time.sleep(1)
+        busy = meter.percent()
+        if busy <= BUSY_WARN_PCT:
+            return
+        if time.monotonic() >= deadline:
+            print(f"  still busy ({busy:.0f}% of a core used by others): going on", flush=True)
+            return
+        print(f"  waiting for the machine: others use {busy:.0f}% of a core", flush=True)
+        time.sleep(4)
+
+
 def upstream_stats(port: int) -> dict[str, int] | None:
     conn = http.client.HTTPConnection(HOST, port, timeout=2)
     try:
@@ -388,7 +451,7 @@ def gateway_command(args: argparse.Namespace) -> list[str]:
 
 
 def gateway_config(port: int, upstream_port: int, transport: str | None) -> str:
-    extra = f", transport: {transport}" if transport else ""
+    extra = f", transport: {json.dumps(transport)}" if transport else ""
     return (
         f"server: {{host: {HOST}, port: {port}}}\n"
         "upstreams:\n"
@@ -450,10 +513,12 @@ def measure(
     wrk: str,
     port: int,
     upstream_port: int,
+    pids: Sequence[int],
     args: argparse.Namespace,
 ) -> None:
     url = f"http://{HOST}:{port}{CHAT_PATH}"
     before = upstream_stats(upstream_port)
+    noise = OtherCpu(pids)
     for c in args.concurrency:
         print(f"  {result.name}: plain c={c}", flush=True)
         cell = plain_cell(procs, wrk, url, c, args)
@@ -464,6 +529,7 @@ def measure(
         cell = stream_cell(procs, url, n, args)
         result.cells[cell.label] = cell
         result.client_requests += cell.client_requests
+    result.other_cpu_pct = noise.percent()
     after = upstream_stats(upstream_port)
     if before and after:
         result.upstream_calls = after["chat"] - before["chat"]
@@ -480,12 +546,14 @@ def run_target(
 ) -> TargetResult:
     result = TargetResult(name)
     print(f"{name}:", flush=True)
+    if args.wait_idle > 0:
+        wait_idle([upstream.pid], args.wait_idle)
     try:
         if name == "direct":
-            measure(result, procs, wrk, upstream_port, upstream_port, args)
+            measure(result, procs, wrk, upstream_port, upstream_port, [upstream.pid], args)
         else:
             with proxy_under_test(procs, name, upstream_port, tmp, args) as (port, pid):
-                measure(result, procs, wrk, port, upstream_port, args)
+                measure(result, procs, wrk, port, upstream_port, [upstream.pid, pid], args)
                 result.rss_mb = rss_mb(pid)
                 result.peak_rss_mb = rss_mb(pid, "VmHWM")
     except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
@@ -538,6 +606,7 @@ def render_table(results: list[TargetResult], args: argparse.Namespace) -> list[
     rss = ["RSS MiB (peak)"]
     ups = ["upstream RSS MiB"]
     calls = ["upstream calls / client requests"]
+    other = ["other processes' CPU, % of a core"]
     for r in results:
         proxy = "—" if r.rss_mb is None else f"{fmt_mb(r.rss_mb)} ({fmt_mb(r.peak_rss_mb)})"
         rss += [proxy, "", "", ""]
@@ -546,7 +615,8 @@ def render_table(results: list[TargetResult], args: argparse.Namespace) -> list[
         if r.upstream_calls is not None and r.client_requests:
             ratio = f"{r.upstream_calls:,} / {r.client_requests:,}"
         calls += [ratio, "", "", ""]
-    lines += ["| " + " | ".join(row) + " |" for row in (rss, ups, calls)]
+        other += ["—" if r.other_cpu_pct is None else f"{r.other_cpu_pct:.0f}%", "", "", ""]
+    lines += ["| " + " | ".join(row) + " |" for row in (rss, ups, calls, other)]
     return lines
 
 
@@ -639,6 +709,18 @@ def render_checks(results: list[TargetResult], args: argparse.Namespace) -> list
     return [f"- **{verdict}** {text}" for verdict, text in checks]
 
 
+def busy_warning(results: list[TargetResult]) -> list[str]:
+    busy = [r for r in results if (r.other_cpu_pct or 0) > BUSY_WARN_PCT]
+    if not busy:
+        return []
+    figures = ", ".join(f"{r.name} {r.other_cpu_pct:.0f}%" for r in busy)
+    return [
+        "",
+        f"**Warning: the machine was busy.** Processes outside the bench used {figures} of a "
+        "core while these targets ran: their figures are unreliable, rerun on an idle machine.",
+    ]
+
+
 def git_revision() -> str:
     out = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
@@ -671,6 +753,7 @@ def render(results: list[TargetResult], args: argparse.Namespace, pin: bool) -> 
         "[DONE]",
         "",
         *render_table(results, args),
+        *busy_warning(results),
         "",
         "## Checks",
         "",
@@ -691,27 +774,34 @@ def int_list(text: str) -> list[int]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="Benchmark the gateway against the fake upstream and a reference proxy.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Benchmark the gateway against the fake upstream and a reference proxy."
     )
-    p.add_argument("--targets", default=",".join(TARGETS), help="columns, in order")
-    p.add_argument(
+    add = p.add_argument
+    add("--targets", default=",".join(TARGETS), help="columns, in order (%(default)s)")
+    add(
         "--transport",
-        choices=("aiohttp", "httpx"),
-        help="the gateway upstream's transport key (default: the gateway's own default)",
+        help="the upstream's `transport` in the gateway config, e.g. native or httpx "
+        "(default: left out, the gateway's default)",
     )
-    p.add_argument("--duration", type=int, default=5, help="measured seconds per cell")
-    p.add_argument("--warmup", type=int, default=1, help="warm-up seconds per cell")
-    p.add_argument("--concurrency", type=int_list, default=[1, 16, 64, 256], help="wrk -c")
-    p.add_argument("--streams", type=int_list, default=[16, 64], help="concurrent streams")
-    p.add_argument("--ttft-ms", type=float, default=20.0, help="upstream time to first token")
-    p.add_argument("--chunks", type=int, default=20, help="upstream chunks per stream")
-    p.add_argument("--interval-ms", type=float, default=5.0, help="upstream delay between chunks")
-    p.add_argument("--python", default=sys.executable, help="interpreter for the helpers")
-    p.add_argument("--gateway-cmd", help="command to run instead of `gateway` (before `serve`)")
-    p.add_argument("--api-key", help="client key sent to the targets as a Bearer token")
-    p.add_argument("--start-timeout", type=float, default=30.0, help="seconds to get ready")
-    p.add_argument("--output", type=Path, default=RESULTS / "latest.md")
+    add("--duration", type=int, default=5, help="measured seconds per cell (%(default)s)")
+    add("--warmup", type=int, default=1, help="warm-up seconds per cell (%(default)s)")
+    add("--concurrency", type=int_list, default="1,16,64,256", help="wrk -c (1,16,64,256)")
+    add("--streams", type=int_list, default="16,64", help="concurrent streams (16,64)")
+    add("--ttft-ms", type=float, default=20.0, help="upstream time to first token (%(default)s)")
+    add("--chunks", type=int, default=20, help="upstream chunks per stream (%(default)s)")
+    add("--interval-ms", type=float, default=5.0, help="upstream chunk spacing (%(default)s)")
+    add("--python", default=sys.executable, help="interpreter for the helpers (%(default)s)")
+    add("--gateway-cmd", help="command to run instead of `gateway` (`serve ...` is appended)")
+    add("--api-key", help="client key sent to the targets as a Bearer token")
+    add("--start-timeout", type=float, default=30.0, help="seconds to get ready (%(default)s)")
+    add(
+        "--wait-idle",
+        type=float,
+        default=0.0,
+        help="before each target, wait up to this many seconds for other processes to go "
+        "quiet (%(default)s: don't wait)",
+    )
+    add("--output", type=Path, default=RESULTS / "latest.md", help="report file (%(default)s)")
     args = p.parse_args(argv)
     args.concurrency = [c for c in args.concurrency if c > 0]
     args.streams = [n for n in args.streams if n > 0]

@@ -158,7 +158,8 @@ class AllUpstreamsFailed(GatewayError):
     status = 502
     type = "server_error"
     code = "all_upstreams_failed"
-    retryable = False  # the chain was exhausted already (but see 429 below)
+    # Every failure that reaches here is transient (rate limits, outages, timeouts): a later try
+    # may succeed, so the client's own backoff is left to decide (client errors never get here).
 
     def __init__(self, model: str, failures: list[UpstreamFailure]) -> None:
         statuses = {f.error.status for f in failures}
@@ -176,8 +177,9 @@ class AllUpstreamsFailed(GatewayError):
         tried = "; ".join(str(f) for f in failures)
         headers: dict[str, str] = {}
         for failure in failures:
-            if "retry-after" in failure.error.headers:
-                headers["retry-after"] = failure.error.headers["retry-after"]
+            for name in ("retry-after", "retry-after-ms"):
+                if name in failure.error.headers:
+                    headers[name] = failure.error.headers[name]
         super().__init__(
             f"no upstream could serve model '{model}' ({tried})",
             code=code,
@@ -186,8 +188,6 @@ class AllUpstreamsFailed(GatewayError):
         )
         if status == 429:
             self.type = "rate_limit_error"
-            # Everything was rate limited: the retry-after says when trying again will help.
-            self.retryable = True
         self.failures = failures
 
 

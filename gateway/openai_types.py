@@ -235,7 +235,7 @@ def _check_message(message: object, path: str) -> None:
     if not isinstance(message, dict):
         raise InvalidRequest(f"'{path}' must be an object", param=path)
     role = message.get("role")
-    if role not in ROLES:
+    if not isinstance(role, str) or role not in ROLES:
         raise InvalidRequest(
             f"'{path}.role' must be one of system, developer, user, assistant, tool",
             param=f"{path}.role",
@@ -277,7 +277,7 @@ def _check_content(content: object, path: str, allowed: frozenset[str]) -> None:
         if not isinstance(part, dict):
             raise InvalidRequest(f"'{where}' must be an object", param=where)
         kind = part.get("type")
-        if kind not in allowed:
+        if not isinstance(kind, str) or kind not in allowed:
             names = ", ".join(sorted(allowed))
             raise InvalidRequest(f"'{where}.type' must be one of {names}", param=f"{where}.type")
         if kind == "text":

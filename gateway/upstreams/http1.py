@@ -168,6 +168,10 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        if self._complete:  # bytes nobody asked for: this connection cannot be trusted again
+            self._keep_alive = False
+            self.close()
+            return
         self._got_bytes = True
         try:
             self._parser.feed_data(data)
@@ -197,11 +201,18 @@ class _Connection(asyncio.Protocol):
     # ------------------------------------------------------------ httptools callbacks
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._headers_done:  # trailer fields (RFC 9110 6.5.1: not merged), or a next message
+            if self._complete:
+                self._keep_alive = False
+            return
         key = name.decode("latin-1").lower()
         text = value.decode("latin-1")
         self._headers[key] = f"{self._headers[key]}, {text}" if key in self._headers else text
 
     def on_headers_complete(self) -> None:
+        if self._complete:  # a second response in the same read
+            self._keep_alive = False
+            return
         self._status = self._parser.get_status_code()
         if 100 <= self._status < 200:  # an interim answer: the real one follows
             self._headers = Headers()
@@ -215,6 +226,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            self._keep_alive = False
+            return
         if self._decoder is not None:
             body = self._decoder.decompress(body)
             if not body:
@@ -227,8 +241,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
-        if not self._headers_done:
-            return  # the end of an interim (1xx) answer
+        if not self._headers_done or self._complete:
+            return  # the end of an interim (1xx) answer, or of an unsolicited one
         if self._decoder is not None:
             tail = self._decoder.flush()
             if tail:
@@ -344,7 +358,7 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-def _expire(future: asyncio.Future[None], error: type[HTTPError]) -> None:
+def _expire(future: asyncio.Future[Any], error: type[HTTPError]) -> None:
     if not future.done():
         future.set_exception(error("timed out"))
 
@@ -360,7 +374,7 @@ class Pool:
         self._idle: list[_Connection] = []
         self._busy: set[_Connection] = set()
         self._opening = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
         self._closed = False
 
     # ------------------------------------------------------------ figures
@@ -384,20 +398,26 @@ class Pool:
     ) -> Response:
         """Send a request; returns when the status and headers are in. See module docstring."""
         head = self._head(method, target, headers, body)
-        for _attempt in range(2):
-            connection = await self._acquire()
-            try:
-                return await connection.request(head, body)
-            except RemoteProtocolError:
-                self.release(connection)
-                if connection.reused and connection.failed_silently:
-                    continue  # the keep-alive race: never reached the server
+        connection = await self._acquire()
+        try:
+            return await connection.request(head, body)
+        except RemoteProtocolError:
+            self.release(connection)
+            if not (connection.reused and connection.failed_silently):
                 raise
-            except BaseException:
-                connection.close()
-                self.release(connection)
-                raise
-        raise RemoteProtocolError("the upstream closed the connection")  # pragma: no cover
+        except BaseException:
+            connection.close()
+            self.release(connection)
+            raise
+        # The keep-alive race: the request never reached the server. Once more, on a connection
+        # of its own (other idle ones may be just as stale).
+        connection = await self._acquire(fresh=True)
+        try:
+            return await connection.request(head, body)
+        except BaseException:
+            connection.close()
+            self.release(connection)
+            raise
 
     def _head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
         lines = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self.origin.host_header]
@@ -408,11 +428,11 @@ class Pool:
         lines.append(b"\r\n")
         return b"\r\n".join(lines)
 
-    async def _acquire(self) -> _Connection:
+    async def _acquire(self, fresh: bool = False) -> _Connection:
         if self._closed:
             raise RemoteProtocolError("the client is closed")
         now = self.loop.time()
-        while self._idle:
+        while self._idle and not fresh:
             connection = self._idle.pop()
             if connection.usable and now - connection.idle_since < self.limits.keepalive_expiry:
                 connection.reused = True
@@ -420,9 +440,11 @@ class Pool:
                 return connection
             connection.close()
         if self.active >= self.limits.max_connections:
-            await self._queue()
-            return await self._acquire()
-        self._opening += 1
+            handed = await self._queue()
+            if handed is not None:
+                return handed  # a released connection, passed on in queue order
+        else:
+            self._opening += 1  # a slot of our own (a woken waiter has one reserved already)
         try:
             connection = await self._open()
         finally:
@@ -430,15 +452,22 @@ class Pool:
         self._busy.add(connection)
         return connection
 
-    async def _queue(self) -> None:
-        waiter = self.loop.create_future()
+    async def _queue(self) -> _Connection | None:
+        """Wait for a turn: a released connection, or None with a slot reserved to open one."""
+        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
         self._waiters.append(waiter)
         timer = self.loop.call_later(self.limits.pool_timeout, _expire, waiter, PoolTimeout)
         try:
-            await waiter
+            return await waiter
         except BaseException:
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                self._wake_one()  # woken, then cancelled: the turn passes to the next in line
+                # Served, then cancelled before it ran: the turn passes to the next in line.
+                handed = waiter.result()
+                if handed is not None:
+                    self.release(handed)
+                else:
+                    self._opening -= 1
+                    self._pass_turn(None)
             raise
         finally:
             timer.cancel()
@@ -465,29 +494,38 @@ class Pool:
         return connection
 
     def release(self, connection: _Connection) -> None:
-        """Return `connection` (closed or reusable) and wake one waiter."""
+        """Return `connection` (closed or reusable): to the first waiter, else to the idle list."""
         if connection not in self._busy:
             return
         self._busy.discard(connection)
-        if connection.usable and not self._closed and len(self._idle) < self.limits.max_keepalive:
-            connection.idle_since = self.loop.time()
-            self._idle.append(connection)
-        else:
-            connection.close()
-        self._wake_one()
+        if connection.usable and not self._closed:
+            if self._pass_turn(connection):
+                return
+            if len(self._idle) < self.limits.max_keepalive:
+                connection.idle_since = self.loop.time()
+                self._idle.append(connection)
+                return
+        connection.close()
+        self._pass_turn(None)
 
     def forget(self, connection: _Connection) -> None:
-        """The connection closed (either side): it no longer counts."""
+        """The connection closed (either side): an idle one leaves the idle list."""
         if connection in self._idle:
             self._idle.remove(connection)
-            self._wake_one()
 
-    def _wake_one(self) -> None:
+    def _pass_turn(self, connection: _Connection | None) -> bool:
+        """Serve the first live waiter: with `connection`, or None and a reserved slot."""
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
-                waiter.set_result(None)
-                return
+                if connection is None:
+                    self._opening += 1
+                else:
+                    connection.reused = True
+                    self._busy.add(connection)
+                waiter.set_result(connection)
+                return True
+        return False
 
     async def aclose(self) -> None:
         """Close every connection and fail every waiter; returns once the sockets are closed."""
