@@ -35,7 +35,7 @@ from gateway.errors import (
     NotFound,
     internal_error,
 )
-from gateway.logs import accept_request_id
+from gateway.logs import request_id_of
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway")
@@ -51,12 +51,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = None
-        for key, value in scope["headers"]:
-            if key == b"x-request-id":
-                given = value
-                break
-        request_id = accept_request_id(given)
+        request_id = request_id_of(scope["headers"])
         scope["gateway.request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
 

@@ -54,6 +54,14 @@ def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):010x}"
 
 
+def request_id_of(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The request id for ASGI `headers`: the client's `x-request-id` if sane, else a new one."""
+    for key, value in headers:
+        if key == b"x-request-id":
+            return accept_request_id(value)
+    return new_request_id()
+
+
 def accept_request_id(value: bytes | None) -> str:
     """The client's `x-request-id` if it is a sane token, else a new id."""
     if value:

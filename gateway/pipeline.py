@@ -21,6 +21,7 @@ from gateway.errors import (
 )
 from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest
 from gateway.providers import StreamDecoder
+from gateway.routing import Chain
 from gateway.runtime import Runtime
 from gateway.upstreams.clients import UpstreamResponse
 
@@ -38,10 +39,7 @@ class Served:
 async def complete(request: ChatRequest, rt: Runtime) -> tuple[ChatCompletion, Served]:
     """Serve a non-streaming request. Raises GatewayError (AllUpstreamsFailed when exhausted)."""
     failures: list[UpstreamFailure] = []
-    for upstream, target in rt.routes.chain_for(request.model):
-        if reason := upstream.unusable:
-            failures.append(UpstreamFailure(upstream.name, UpstreamUnavailable(reason)))
-            continue
+    for upstream, target in _usable_targets(request, rt, failures):
         translator = upstream.translator
         try:
             outgoing = translator.build_request(request, target, upstream.config)
@@ -113,10 +111,7 @@ class Stream:
 async def open_stream(request: ChatRequest, rt: Runtime) -> Stream:
     """Open a stream on the first target that produces a first event. Raises GatewayError."""
     failures: list[UpstreamFailure] = []
-    for upstream, target in rt.routes.chain_for(request.model):
-        if reason := upstream.unusable:
-            failures.append(UpstreamFailure(upstream.name, UpstreamUnavailable(reason)))
-            continue
+    for upstream, target in _usable_targets(request, rt, failures):
         translator = upstream.translator
         try:
             outgoing = translator.build_request(request, target, upstream.config)
@@ -155,6 +150,17 @@ async def open_stream(request: ChatRequest, rt: Runtime) -> Stream:
             await reply.aclose()
             raise
     raise AllUpstreamsFailed(request.model, failures)
+
+
+def _usable_targets(request: ChatRequest, rt: Runtime, failures: list[UpstreamFailure]) -> Chain:
+    """The chain in order, less the upstreams that may take no traffic now (noted as failures)."""
+    usable = []
+    for upstream, target in rt.routes.chain_for(request.model):
+        if reason := upstream.unusable:
+            failures.append(UpstreamFailure(upstream.name, UpstreamUnavailable(reason)))
+        else:
+            usable.append((upstream, target))
+    return tuple(usable)
 
 
 def _failed(upstream: str, exc: GatewayError) -> UpstreamFailure:

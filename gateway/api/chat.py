@@ -26,7 +26,7 @@ from gateway.errors import (
     internal_error,
     to_openai_error,
 )
-from gateway.logs import accept_request_id
+from gateway.logs import request_id_of
 from gateway.openai_types import ChatCompletionChunk, ChatRequest, parse_chat_request
 from gateway.runtime import Runtime
 from gateway.sse import DONE, KEEPALIVE
@@ -100,12 +100,7 @@ def forward_headers(scope: Scope) -> dict[str, str]:
 
 async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runtime) -> None:
     """The ASGI endpoint. It sets its own `x-request-id` on every response it sends."""
-    given = None
-    for key, value in scope["headers"]:
-        if key == b"x-request-id":
-            given = value
-            break
-    request_id = accept_request_id(given)
+    request_id = request_id_of(scope["headers"])
     id_header = (b"x-request-id", request_id.encode())
 
     if scope["method"] != "POST":
