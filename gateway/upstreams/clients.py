@@ -32,6 +32,7 @@ from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
 from gateway.providers.base import UpstreamRequest
 from gateway.upstreams import http1
 from gateway.upstreams.mock import MockTransport
+from gateway.upstreams.pool import Pool
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +124,7 @@ class _NativeClient:
             base.scheme, base.hostname or "", base.port or (443 if base.scheme == "https" else 80)
         )
         timeouts, pool = upstream.timeouts, upstream.pool
-        self._pool = http1.Pool(
+        self._pool = Pool(
             self._origin,
             http1.Limits(
                 max_connections=pool.max_connections,

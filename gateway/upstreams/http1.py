@@ -11,20 +11,22 @@ The one retry it does make is the keep-alive race: a pooled connection the serve
 it sat idle fails before any byte of the answer comes back, so the request never reached the
 server's application, and it is sent once more on a new connection.
 
-`clients.py` is its only user; errors are raised as the classes below and translated there.
+This module is one connection and its response; `pool.py` keeps the connections. `clients.py`
+is their only user; errors are raised as the classes below and translated there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ssl
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
+
+if TYPE_CHECKING:
+    from gateway.upstreams.pool import Pool
 
 _HIGH_WATER = 256 * 1024  # unread response bytes before reading from the socket pauses
 
@@ -102,7 +104,7 @@ class Response:
 
     __slots__ = ("_connection", "_done", "headers", "status")
 
-    def __init__(self, connection: _Connection, status: int, headers: Headers) -> None:
+    def __init__(self, connection: Connection, status: int, headers: Headers) -> None:
         self._connection = connection
         self._done = False
         self.status = status
@@ -133,7 +135,7 @@ class Response:
             self._connection.finish()
 
 
-class _Connection(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One keep-alive connection; serves one request at a time."""
 
     def __init__(self, pool: Pool) -> None:
@@ -336,7 +338,7 @@ class _Connection(asyncio.Protocol):
     async def _wait_for(
         self, future: asyncio.Future[None], seconds: float, error: type[HTTPError]
     ) -> None:
-        timer = self._loop.call_later(seconds, _expire, future, error)
+        timer = self._loop.call_later(seconds, expire, future, error)
         try:
             await future
         except BaseException:
@@ -358,185 +360,6 @@ class _Connection(asyncio.Protocol):
         self.close()
 
 
-def _expire(future: asyncio.Future[Any], error: type[HTTPError]) -> None:
+def expire(future: asyncio.Future[Any], error: type[HTTPError]) -> None:
     if not future.done():
         future.set_exception(error("timed out"))
-
-
-class Pool:
-    """Connections to one origin: at most `max_connections`, idle ones reused newest first."""
-
-    def __init__(self, origin: Origin, limits: Limits, ssl_context: ssl.SSLContext | None) -> None:
-        self.origin = origin
-        self.limits = limits
-        self.loop = asyncio.get_running_loop()
-        self._ssl = ssl_context
-        self._idle: list[_Connection] = []
-        self._busy: set[_Connection] = set()
-        self._opening = 0
-        self._waiters: deque[asyncio.Future[_Connection | None]] = deque()
-        self._closed = False
-
-    # ------------------------------------------------------------ figures
-
-    @property
-    def active(self) -> int:
-        return len(self._busy) + self._opening
-
-    @property
-    def idle(self) -> int:
-        return len(self._idle)
-
-    @property
-    def waiting(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
-
-    # ------------------------------------------------------------ requests
-
-    async def request(
-        self, method: str, target: str, headers: dict[str, str], body: bytes | None
-    ) -> Response:
-        """Send a request; returns when the status and headers are in. See module docstring."""
-        head = self._head(method, target, headers, body)
-        connection = await self._acquire()
-        try:
-            return await connection.request(head, body)
-        except RemoteProtocolError:
-            self.release(connection)
-            if not (connection.reused and connection.failed_silently):
-                raise
-        except BaseException:
-            connection.close()
-            self.release(connection)
-            raise
-        # The keep-alive race: the request never reached the server. Once more, on a connection
-        # of its own (other idle ones may be just as stale).
-        connection = await self._acquire(fresh=True)
-        try:
-            return await connection.request(head, body)
-        except BaseException:
-            connection.close()
-            self.release(connection)
-            raise
-
-    def _head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self.origin.host_header]
-        for name, value in headers.items():
-            lines.append(f"{name}: {value}".encode("latin-1", "replace"))
-        if body is not None:
-            lines.append(b"content-length: %d" % len(body))
-        lines.append(b"\r\n")
-        return b"\r\n".join(lines)
-
-    async def _acquire(self, fresh: bool = False) -> _Connection:
-        if self._closed:
-            raise RemoteProtocolError("the client is closed")
-        now = self.loop.time()
-        while self._idle and not fresh:
-            connection = self._idle.pop()
-            if connection.usable and now - connection.idle_since < self.limits.keepalive_expiry:
-                connection.reused = True
-                self._busy.add(connection)
-                return connection
-            connection.close()
-        if self.active >= self.limits.max_connections:
-            handed = await self._queue()
-            if handed is not None:
-                return handed  # a released connection, passed on in queue order
-        else:
-            self._opening += 1  # a slot of our own (a woken waiter has one reserved already)
-        try:
-            connection = await self._open()
-        finally:
-            self._opening -= 1
-        self._busy.add(connection)
-        return connection
-
-    async def _queue(self) -> _Connection | None:
-        """Wait for a turn: a released connection, or None with a slot reserved to open one."""
-        waiter: asyncio.Future[_Connection | None] = self.loop.create_future()
-        self._waiters.append(waiter)
-        timer = self.loop.call_later(self.limits.pool_timeout, _expire, waiter, PoolTimeout)
-        try:
-            return await waiter
-        except BaseException:
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                # Served, then cancelled before it ran: the turn passes to the next in line.
-                handed = waiter.result()
-                if handed is not None:
-                    self.release(handed)
-                else:
-                    self._opening -= 1
-                    self._pass_turn(None)
-            raise
-        finally:
-            timer.cancel()
-            with contextlib.suppress(ValueError):
-                self._waiters.remove(waiter)
-
-    async def _open(self) -> _Connection:
-        origin = self.origin
-        try:
-            async with asyncio.timeout(self.limits.connect_timeout):
-                _, connection = await self.loop.create_connection(
-                    lambda: _Connection(self),
-                    origin.host,
-                    origin.port,
-                    ssl=self._ssl,
-                    server_hostname=origin.host if self._ssl else None,
-                )
-        except TimeoutError:
-            raise ConnectTimeout(
-                f"connecting took over {self.limits.connect_timeout:g} s"
-            ) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise ConnectError(type(exc).__name__) from None
-        return connection
-
-    def release(self, connection: _Connection) -> None:
-        """Return `connection` (closed or reusable): to the first waiter, else to the idle list."""
-        if connection not in self._busy:
-            return
-        self._busy.discard(connection)
-        if connection.usable and not self._closed:
-            if self._pass_turn(connection):
-                return
-            if len(self._idle) < self.limits.max_keepalive:
-                connection.idle_since = self.loop.time()
-                self._idle.append(connection)
-                return
-        connection.close()
-        self._pass_turn(None)
-
-    def forget(self, connection: _Connection) -> None:
-        """The connection closed (either side): an idle one leaves the idle list."""
-        if connection in self._idle:
-            self._idle.remove(connection)
-
-    def _pass_turn(self, connection: _Connection | None) -> bool:
-        """Serve the first live waiter: with `connection`, or None and a reserved slot."""
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                if connection is None:
-                    self._opening += 1
-                else:
-                    connection.reused = True
-                    self._busy.add(connection)
-                waiter.set_result(connection)
-                return True
-        return False
-
-    async def aclose(self) -> None:
-        """Close every connection and fail every waiter; returns once the sockets are closed."""
-        self._closed = True
-        connections = [*self._idle, *self._busy]
-        for connection in connections:
-            connection.close(abort=True)
-        self._idle.clear()
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_exception(RemoteProtocolError("the client is closed"))
-        self._waiters.clear()
-        if connections:
-            await asyncio.wait([c.lost for c in connections], timeout=1.0)

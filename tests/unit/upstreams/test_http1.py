@@ -28,6 +28,7 @@ from gateway.errors import UpstreamError
 from gateway.providers.base import UpstreamRequest
 from gateway.upstreams import http1
 from gateway.upstreams.clients import Clients
+from gateway.upstreams.pool import Pool
 
 Runner = Callable[[Coroutine[Any, Any, None]], None]
 RUNNERS = [pytest.param(asyncio.run, id="asyncio"), pytest.param(uvloop.run, id="uvloop")]
@@ -192,15 +193,15 @@ def limits(**overrides: float) -> http1.Limits:
 
 
 @contextlib.asynccontextmanager
-async def open_pool(port: int, **overrides: float) -> AsyncIterator[http1.Pool]:
-    pool = http1.Pool(http1.Origin("http", "127.0.0.1", port), limits(**overrides), None)
+async def open_pool(port: int, **overrides: float) -> AsyncIterator[Pool]:
+    pool = Pool(http1.Origin("http", "127.0.0.1", port), limits(**overrides), None)
     try:
         yield pool
     finally:
         await pool.aclose()
 
 
-async def get(pool: http1.Pool, target: str = "/") -> bytes:
+async def get(pool: Pool, target: str = "/") -> bytes:
     """One GET, its body read to the end and the response closed."""
     resp = await pool.request("GET", target, {}, None)
     try:
