@@ -9,6 +9,7 @@ disconnect noticed at any moment so the upstream call is cancelled and its conne
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import MutableMapping
@@ -60,25 +61,19 @@ _NOT_FORWARDED = frozenset(
 )  # fmt: skip
 _NOT_FORWARDED_PARTS = ("auth", "key", "token", "cookie", "secret", "session", "password")
 _NOT_FORWARDED_PREFIXES = ("x-forwarded-", "proxy-", "x-gateway-", "x-amz-", "sec-")
-_forwardable: dict[bytes, str | None] = {}
 
 
+@functools.lru_cache(maxsize=1024)  # bounded: header names come from clients
 def _forward_name(raw: bytes) -> str | None:
     """The header name to forward as, or None; decided once per distinct name."""
-    if raw in _forwardable:
-        return _forwardable[raw]
     name = raw.decode("latin-1").lower()
     if (
         name in _NOT_FORWARDED
         or any(part in name for part in _NOT_FORWARDED_PARTS)
         or name.startswith(_NOT_FORWARDED_PREFIXES)
     ):
-        decided = None
-    else:
-        decided = name
-    if len(_forwardable) < 1024:  # bounded: header names come from clients
-        _forwardable[raw] = decided
-    return decided
+        return None
+    return name
 
 
 def forward_headers(scope: Scope) -> dict[str, str]:
