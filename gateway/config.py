@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 import yaml
 
-PROVIDERS = ("openai", "mock")
-Provider = Literal["openai", "mock"]
+PROVIDERS = ("openai", "azure", "anthropic", "gemini", "ollama", "tgi", "mock")
+Provider = Literal["openai", "azure", "anthropic", "gemini", "ollama", "tgi", "mock"]
 Transport = Literal["native", "httpx"]
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
@@ -104,6 +104,16 @@ class UpstreamConfig(_Settings, frozen=True):
     # mock only: seconds before the first streamed token, and the token rate (0 = no pacing).
     ttft: NonNegativeFloat = 0.0
     tokens_per_second: NonNegativeFloat = 0.0
+    # Request parameters removed before translation, for servers that reject them.
+    drop_params: tuple[str, ...] = ()
+    # A parameter the provider cannot honour is dropped instead of answered with a 400.
+    drop_unsupported: bool = False
+    # anthropic only: max_tokens when the request gives none (the API requires it), by default
+    # and per upstream model name.
+    default_max_tokens: PositiveInt = 4096
+    max_tokens: dict[str, PositiveInt] = msgspec.field(default_factory=dict)
+    # azure only: the `api-version` query parameter.
+    api_version: str = "2024-10-21"
 
     @property
     def configured(self) -> bool:
@@ -123,7 +133,13 @@ class Config(_Settings, frozen=True):
     source: str = "<defaults>"
 
 
-_MOCK_ONLY = ("ttft", "tokens_per_second")
+_ONLY: dict[str, tuple[str, ...]] = {
+    "ttft": ("mock",),
+    "tokens_per_second": ("mock",),
+    "default_max_tokens": ("anthropic",),
+    "max_tokens": ("anthropic",),
+    "api_version": ("azure",),
+}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
@@ -190,7 +206,6 @@ class _Reader:
     def __post_init__(self) -> None:
         self.lines: dict[str, int] = {}
         self.explicit: set[str] = set()  # key paths written out, not merged in with `<<`
-        self.merged: dict[int, int] = {}  # mapping node id -> how many of its pairs `<<` added
         self.errors: list[str] = []
 
     def error(self, path: str, message: str, line: int | None = None) -> None:
@@ -209,15 +224,9 @@ class _Reader:
     def to_python(self, node: yaml.Node, path: str) -> object:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
-            # flatten_mapping rewrites the node in place (`<<` pairs first, explicit keys after,
-            # which win); an alias visits the same node again, so the split is remembered.
-            merged = self.merged.get(id(node))
-            if merged is None:
-                explicit = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
-                yaml.SafeLoader.flatten_mapping(yaml.SafeLoader(""), node)
-                merged = self.merged[id(node)] = len(node.value) - explicit
+            pairs, merged = self.flatten(node)
             out: dict[object, object] = {}
-            for position, (key_node, value_node) in enumerate(node.value):
+            for position, (key_node, value_node) in enumerate(pairs):
                 key = self.scalar(key_node, path) if isinstance(key_node, yaml.ScalarNode) else None
                 if not isinstance(key, str):
                     self.error(path, "keys must be strings", key_node.start_mark.line + 1)
@@ -234,6 +243,42 @@ class _Reader:
         if isinstance(node, yaml.SequenceNode):
             return [self.to_python(item, f"{path}[{i}]") for i, item in enumerate(node.value)]
         return self.scalar(node, path)
+
+    def flatten(self, node: yaml.MappingNode) -> tuple[list[tuple[yaml.Node, yaml.Node]], int]:
+        """The pairs of `node` with `<<` merges resolved, merged ones first, and their count.
+
+        YAML's merge rules: the node's own keys beat merged ones, and of several merged
+        mappings (`<<: [*a, *b]`) the first that has a key gives its value. Done here rather
+        than by PyYAML's `flatten_mapping`, whose precedence changed between releases (6.0.4
+        keeps merged duplicates it used to drop), and without changing the node, which an
+        alias may visit again.
+        """
+        own: list[tuple[yaml.Node, yaml.Node]] = []
+        merged: list[tuple[yaml.Node, yaml.Node]] = []
+        names: set[object] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag != "tag:yaml.org,2002:merge":
+                own.append((key_node, value_node))
+                continue
+            sources = (
+                value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+            )
+            for source in sources:
+                if not isinstance(source, yaml.MappingNode):
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"expected a mapping or list of mappings for merging, found {source.id}",
+                        source.start_mark,
+                    )
+                inner, count = self.flatten(source)
+                # the source's own keys (after its merged ones) beat its merged keys
+                for key_node_, value_node_ in [*inner[count:], *inner[:count]]:
+                    name = key_node_.value if isinstance(key_node_, yaml.ScalarNode) else None
+                    if name is None or name not in names:
+                        names.add(name)
+                        merged.append((key_node_, value_node_))
+        return [*merged, *own], len(merged)
 
     def scalar(self, node: yaml.Node, path: str) -> object:
         loader = yaml.SafeLoader("")
@@ -340,12 +385,12 @@ class _Reader:
         if upstream is None:
             return None
         given = raw if isinstance(raw, dict) else {}
-        if upstream.provider != "mock":
-            for key in _MOCK_ONLY:
-                if key in given:
-                    self.error(f"{path}.{key}", "only the mock provider takes this key")
-            if not upstream.base_url:
-                self.error(f"{path}.base_url", f"provider {upstream.provider} needs a base_url")
+        for key, providers in _ONLY.items():
+            if key in given and upstream.provider not in providers:
+                only = " and ".join(providers)
+                self.error(f"{path}.{key}", f"only the {only} provider takes this key")
+        if upstream.provider != "mock" and not upstream.base_url:
+            self.error(f"{path}.base_url", f"provider {upstream.provider} needs a base_url")
         if upstream.base_url and not re.match(r"^https?://[^/\s?#]+", upstream.base_url):
             self.error(f"{path}.base_url", "must be an http:// or https:// URL")
         if upstream.http2 and upstream.transport == "native":

@@ -125,6 +125,10 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     forward_headers: Mapping[str, str] = field(default_factory=dict)
+    # For answers built from a provider that has no such fields (Anthropic, Gemini, Ollama):
+    # the completion's `id` and `created` (unix seconds, read when the request arrived).
+    id: str = "chatcmpl-gateway"
+    created: int = 0
 
     @property
     def messages(self) -> list[JSONObject]:
@@ -194,11 +198,16 @@ _ASSISTANT_PARTS = frozenset({"text", "refusal"})
 
 
 def parse_chat_request(
-    body: bytes, forward_headers: Mapping[str, str] = MappingProxyType({})
+    body: bytes,
+    forward_headers: Mapping[str, str] = MappingProxyType({}),
+    *,
+    request_id: str = "gateway",
+    created: int = 0,
 ) -> ChatRequest:
     """Decode and validate a `CreateChatCompletionRequest`. Raises InvalidRequest.
 
-    `forward_headers` are the client's headers that may go upstream (see api/chat.py).
+    `forward_headers` are the client's headers that may go upstream (see api/chat.py);
+    `request_id` and `created` give completions built by the gateway their id and time.
     """
     data = decode_json(body)
     if not isinstance(data, dict):
@@ -228,7 +237,9 @@ def parse_chat_request(
     stream = data.get("stream") is True
     options = data.get("stream_options")
     include_usage = stream and isinstance(options, dict) and options.get("include_usage") is True
-    return ChatRequest(data, model, stream, include_usage, forward_headers)
+    return ChatRequest(
+        data, model, stream, include_usage, forward_headers, "chatcmpl-" + request_id, created
+    )
 
 
 def _check_message(message: object, path: str) -> None:

@@ -53,7 +53,9 @@ async def complete(request: ChatRequest, rt: Runtime) -> tuple[ChatCompletion, S
                     reply.status, reply.headers, body, upstream.name, upstream.secrets
                 )
             completion = translator.parse_response(body, request, upstream.name)
-            return completion, Served(upstream.name, reply.headers.get("x-request-id"))
+            return completion, Served(
+                upstream.name, reply.headers.get(translator.request_id_header)
+            )
         except GatewayError as exc:
             if not exc.fallback:
                 raise
@@ -139,7 +141,7 @@ async def open_stream(request: ChatRequest, rt: Runtime) -> Stream:
                         )
                     break
                 first = decoder.feed(data)
-            served = Served(upstream.name, reply.headers.get("x-request-id"))
+            served = Served(upstream.name, reply.headers.get(translator.request_id_header))
             return Stream(reply, decoder, first, served)
         except GatewayError as exc:
             await reply.aclose()

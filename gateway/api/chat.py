@@ -108,7 +108,9 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
     record: dict[str, object] = {"request_id": request_id, "status": 500}
     try:
         body = await _read_body(scope, receive, rt.config.server.max_body_bytes)
-        request = parse_chat_request(body, forward_headers(scope))
+        request = parse_chat_request(
+            body, forward_headers(scope), request_id=request_id, created=int(time.time())
+        )
         record.update(model=request.model, stream=request.stream)
         rt.routes.chain_for(request.model)  # an unknown model is a 404 before any work
         handler = _stream if request.stream else _complete

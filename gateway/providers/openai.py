@@ -31,7 +31,7 @@ from gateway.errors import (
 )
 from gateway.logs import redact
 from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
-from gateway.providers.base import UpstreamRequest
+from gateway.providers.base import UpstreamRequest, request_body
 from gateway.sse import SSEDecoder
 
 MOCK_BASE_URL = "http://mock.gateway.internal/v1"
@@ -43,10 +43,12 @@ MAX_ERROR_MESSAGE = 1000
 class OpenAITranslator:
     """Translator for `provider: openai` and `provider: mock`."""
 
+    request_id_header = "x-request-id"
+
     def build_request(
         self, request: ChatRequest, target: Target, upstream: UpstreamConfig
     ) -> UpstreamRequest:
-        body = dict(request.body)
+        body = request_body(request, upstream, "openai")
         body["model"] = target.model
         if request.stream:
             options = body.get("stream_options")
@@ -94,6 +96,22 @@ class OpenAITranslator:
         if upstream.api_key:
             headers["authorization"] = "Bearer " + upstream.api_key.reveal()
         return UpstreamRequest("GET", _base(upstream) + "/models", headers)
+
+    def models_request(self, upstream: UpstreamConfig) -> UpstreamRequest:
+        return self.health_probe(upstream)
+
+    def parse_models(self, body: bytes) -> tuple[str, ...]:
+        """`{"object": "list", "data": [{"id": ...}, ...]}`."""
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise UpstreamError("the model list is not JSON") from None
+        entries = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise UpstreamError("the model list has no data array")
+        return tuple(
+            e["id"] for e in entries if isinstance(e, dict) and isinstance(e.get("id"), str)
+        )
 
 
 def _base(upstream: UpstreamConfig) -> str:

@@ -256,7 +256,7 @@ class FakeView:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.path == CHAT_PATH]
+        return [r for r in self.requests if r.route == CHAT_PATH]
 
     def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
         """Block until this test made `count` chat requests; raises AssertionError."""

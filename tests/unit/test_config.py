@@ -234,10 +234,10 @@ ERROR_CASES: list[Any] = [
         id="secret-not-a-string",
     ),
     pytest.param(
-        "upstreams:\n  m:\n    provider: azure\n",
+        "upstreams:\n  m:\n    provider: bedrock\n",
         3,
         "upstreams.m.provider",
-        "Invalid enum value 'azure'",
+        "Invalid enum value 'bedrock'",
         id="bad-provider",
     ),
     pytest.param(
@@ -595,7 +595,7 @@ def test_the_shipped_yaml_validates_against_the_json_schema():
     [
         pytest.param({"colour": "blue"}, id="unknown-top-level-key"),
         pytest.param({"source": "x"}, id="internal-source-field"),
-        pytest.param({"upstreams": {"m": {"provider": "azure"}}}, id="bad-provider"),
+        pytest.param({"upstreams": {"m": {"provider": "bedrock"}}}, id="bad-provider"),
         pytest.param({"upstreams": {"m": {"base_url": "http://x"}}}, id="missing-provider"),
         pytest.param({"upstreams": {"m": {"provider": "mock", "api_key": 5}}}, id="secret-type"),
         pytest.param({"server": {"port": 70000}}, id="port-range"),

@@ -448,9 +448,11 @@ def test_stall_after_n_events_goes_silent(fake_openai: FakeOpenAI, tap: Wiretap)
 
 def test_check_requests_flags_an_invalid_chat_request(tap: Wiretap):
     with FakeOpenAI() as fake, http_client(tap) as client:
-        client.post(chat_url(fake), json={"model": "x", "messages": []})
+        response = client.post(chat_url(fake), json={"model": "x", "messages": []})
 
-        with pytest.raises(AssertionError, match="invalid chat request"):
+        assert response.status_code == 400  # as OpenAI answers a request its schema refuses
+        assert response.json()["error"]["message"].startswith("Invalid request: ")
+        with pytest.raises(AssertionError, match="received an invalid request"):
             fake.check_requests()
 
 

@@ -1,0 +1,5 @@
+"""Placeholder while the gemini translator is written: replaced in this change."""
+
+from gateway.providers.openai import OpenAITranslator
+
+GEMINI = OpenAITranslator()
