@@ -6,6 +6,9 @@ it is never the bottleneck of a measurement. It answers:
 * ``POST .../chat/completions``: a fixed small ``chat.completion`` JSON, or with
   ``"stream": true`` an SSE stream of ``chat.completion.chunk`` events paced by
   ``loop.call_later`` (time to first token, then a fixed delay between chunks).
+* ``POST /v1/messages``: the same answers in Anthropic's Messages API format (a ``message``
+  JSON, or the ``message_start`` ... ``message_stop`` SSE events with the same number of body
+  writes and the same pacing), so that translation cost can be measured against the same load.
 * ``GET .../models``: a one-model list.
 * ``GET /__stats``: request counters (used by run.py to spot retries or caching).
 
@@ -19,6 +22,7 @@ import asyncio
 import collections
 import signal
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -175,6 +179,88 @@ class Responses:
         return frames
 
 
+def _anthropic_event(kind: str, obj: Mapping[str, object]) -> bytes:
+    return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps({"type": kind, **obj}) + b"\n\n"
+
+
+@dataclass
+class AnthropicResponses:
+    """Pre-encoded Messages API answers (docs.anthropic.com/en/api/messages), per model."""
+
+    shape: StreamShape
+    _plain: dict[tuple[bytes, bool], bytes] = field(default_factory=dict)
+    _streams: dict[bytes, list[bytes]] = field(default_factory=dict)
+
+    def plain(self, model: str, keep_alive: bool) -> bytes:
+        key = (model.encode(), keep_alive)
+        cached = self._plain.get(key)
+        if cached is None:
+            body = orjson.dumps(
+                {
+                    "id": "msg_bench000000000000000001",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": " ".join(CONTENT_WORDS[:8])}],
+                    "stop_reason": "end_turn",
+                    "stop_sequence": None,
+                    "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 8},
+                }
+            )
+            cached = self._plain[key] = _http_response("200 OK", body, keep_alive=keep_alive)
+        return cached
+
+    def stream_frames(self, model: str, include_usage: bool) -> list[bytes]:
+        """As many body writes as the OpenAI stream; usage is always sent (Anthropic does)."""
+        cached = self._streams.get(model.encode())
+        if cached is None:
+            cached = self._streams[model.encode()] = self._build_frames(model)
+        return cached
+
+    def _build_frames(self, model: str) -> list[bytes]:
+        n = max(2, self.shape.chunks)
+        start: dict[str, object] = {
+            "message": {
+                "id": "msg_bench000000000000000001",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": [],
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": PROMPT_TOKENS, "output_tokens": 1},
+            }
+        }
+        block = {"index": 0, "content_block": {"type": "text", "text": ""}}
+        frames = [
+            _chunk(
+                _anthropic_event("message_start", start)
+                + _anthropic_event("content_block_start", block)
+                + _anthropic_event("ping", {})
+            )
+        ]
+        for i in range(n - 2):
+            word = CONTENT_WORDS[i % len(CONTENT_WORDS)]
+            delta = {
+                "index": 0,
+                "delta": {"type": "text_delta", "text": word if i == 0 else " " + word},
+            }
+            frames.append(_chunk(_anthropic_event("content_block_delta", delta)))
+        end = {
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": n - 2},
+        }
+        frames.append(
+            _chunk(
+                _anthropic_event("content_block_stop", {"index": 0})
+                + _anthropic_event("message_delta", end)
+                + _anthropic_event("message_stop", {})
+            )
+            + b"0\r\n\r\n"
+        )
+        return frames
+
+
 STREAM_HEAD = (
     b"HTTP/1.1 200 OK\r\n"
     b"content-type: text/event-stream\r\n"
@@ -186,8 +272,9 @@ STREAM_HEAD = (
 class UpstreamProtocol(asyncio.Protocol):
     """One client connection: parse requests, answer in order (pipelining-safe)."""
 
-    def __init__(self, responses: Responses, stats: Stats) -> None:
+    def __init__(self, responses: Responses, anthropic: AnthropicResponses, stats: Stats) -> None:
         self._responses = responses
+        self._anthropic = anthropic
         self._stats = stats
         self._loop = asyncio.get_running_loop()
         self._parser = httptools.HttpRequestParser(self)
@@ -256,7 +343,9 @@ class UpstreamProtocol(asyncio.Protocol):
         path = request.url.split(b"?", 1)[0]
         keep_alive = request.keep_alive
         if request.method == b"POST" and path.endswith(b"/chat/completions"):
-            self._chat(request.body, keep_alive)
+            self._chat(request.body, keep_alive, self._responses)
+        elif request.method == b"POST" and path == b"/v1/messages":
+            self._chat(request.body, keep_alive, self._anthropic)
         elif request.method == b"GET" and path.endswith(b"/models"):
             self._stats.models += 1
             body = orjson.dumps(
@@ -283,7 +372,9 @@ class UpstreamProtocol(asyncio.Protocol):
             body = b'{"error":{"message":"not found","type":"invalid_request_error"}}'
             self._send(_http_response("404 Not Found", body, keep_alive=keep_alive), not keep_alive)
 
-    def _chat(self, raw: bytes, keep_alive: bool) -> None:
+    def _chat(
+        self, raw: bytes, keep_alive: bool, responses: Responses | AnthropicResponses
+    ) -> None:
         try:
             payload = orjson.loads(raw)
             if not isinstance(payload, dict):
@@ -299,13 +390,13 @@ class UpstreamProtocol(asyncio.Protocol):
         model = payload.get("model")
         model = model if isinstance(model, str) else "bench-model"
         if payload.get("stream") is not True:
-            self._send(self._responses.plain(model, keep_alive), not keep_alive)
+            self._send(responses.plain(model, keep_alive), not keep_alive)
             return
         options = payload.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         self._stats.streams += 1
         self._busy = True
-        self._frames = self._responses.stream_frames(model, include_usage)
+        self._frames = responses.stream_frames(model, include_usage)
         self._frame = 0
         self._stream_keep_alive = keep_alive
         self._send(STREAM_HEAD + (b"\r\n" if keep_alive else b"connection: close\r\n\r\n"))
@@ -333,9 +424,14 @@ class UpstreamProtocol(asyncio.Protocol):
 async def serve(host: str, port: int, shape: StreamShape) -> None:
     loop = asyncio.get_running_loop()
     responses = Responses(shape)
+    anthropic = AnthropicResponses(shape)
     stats = Stats()
     server = await loop.create_server(
-        lambda: UpstreamProtocol(responses, stats), host, port, backlog=4096, reuse_address=True
+        lambda: UpstreamProtocol(responses, anthropic, stats),
+        host,
+        port,
+        backlog=4096,
+        reuse_address=True,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

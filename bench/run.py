@@ -7,10 +7,13 @@ bench/stream_client.py. Prints a markdown table, the target checks, and writes t
 bench/results/latest.md (raw figures in latest.json).
 
 Targets: ``direct`` (the load hits the upstream itself), ``reference``
-(bench/reference_proxy.py: Starlette + uvicorn + aiohttp, the floor of what Python can do) and
-``gateway`` (``gateway serve`` with a generated config).
+(bench/reference_proxy.py: Starlette + uvicorn + aiohttp, the floor of what Python can do),
+``gateway`` (``gateway serve`` with a generated config) and ``anthropic`` (the same gateway
+and load with the upstream set to `provider: anthropic`: every request and answer translated to
+and from the Messages API, which the fake upstream also speaks; it must stay within
+``MAX_TRANSLATION_COST`` of ``gateway``).
 
-Run from the repo root: ``python bench/run.py [--targets direct,reference,gateway]
+Run from the repo root: ``python bench/run.py [--targets direct,reference,gateway,anthropic]
 [--transport native|httpx] [--duration 5]``. Only the standard library is used here; the
 helpers run under ``--python`` (default: this interpreter), which needs uvloop, httptools,
 orjson, aiohttp, starlette and uvicorn.
@@ -46,7 +49,7 @@ RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 LOAD_CORE = 0  # load generators and the fake upstream
 PROXY_CORE = 1  # the proxy under test, alone
-TARGETS = ("direct", "reference", "gateway")
+TARGETS = ("direct", "reference", "gateway", "anthropic")
 CHAT_PATH = "/v1/chat/completions"
 MODEL = "bench-model"
 
@@ -74,6 +77,7 @@ MAX_C1_OVERHEAD_MS = 0.4  # gateway p50 - direct p50, c=1
 MIN_STREAM_SHARE = 0.95  # gateway streams/s vs direct, 64 streams
 MAX_TTFB_OVERHEAD_MS = 5.0  # gateway TTFB p50 - direct TTFB p50, 64 streams
 MAX_RSS_MB = 100.0
+MAX_TRANSLATION_COST = 0.10  # anthropic vs gateway: rates at least 90%, latencies at most 110%
 BUSY_WARN_PCT = 10.0  # other processes' CPU above which the report warns of noise
 
 
@@ -450,12 +454,16 @@ def gateway_command(args: argparse.Namespace) -> list[str]:
     return [args.python, "-m", "gateway"]
 
 
-def gateway_config(port: int, upstream_port: int, transport: str | None) -> str:
+def gateway_config(
+    port: int, upstream_port: int, transport: str | None, provider: str = "openai"
+) -> str:
+    """The gateway's config: its one upstream is the fake, in OpenAI's or Anthropic's format."""
     extra = f", transport: {json.dumps(transport)}" if transport else ""
+    base_url = f"http://{HOST}:{upstream_port}" + ("/v1" if provider == "openai" else "")
     return (
         f"server: {{host: {HOST}, port: {port}}}\n"
         "upstreams:\n"
-        f'  bench: {{provider: openai, base_url: "http://{HOST}:{upstream_port}/v1",'
+        f'  bench: {{provider: {provider}, base_url: "{base_url}",'
         ' api_key: "bench-key",\n'
         "          pool: {max_connections: 512, max_keepalive: 512, keepalive_expiry: 60}"
         f"{extra}}}\n"
@@ -484,7 +492,8 @@ def proxy_under_test(
         ready = ("/", False)  # no /v1/models there: any answer will do
     else:
         config = tmp / "gateway-bench.yaml"
-        config.write_text(gateway_config(port, upstream_port, args.transport))
+        provider = "anthropic" if name == "anthropic" else "openai"
+        config.write_text(gateway_config(port, upstream_port, args.transport, provider))
         (procs.log_dir / "gateway-bench.yaml").write_text(config.read_text())
         cmd = [
             *gateway_command(args),
@@ -683,6 +692,8 @@ def render_checks(results: list[TargetResult], args: argparse.Namespace) -> list
     else:
         checks.append(("SKIP", "gateway vs direct at 64 streams: not measured"))
 
+    checks += translation_checks(gw, by.get("anthropic"), args)
+
     if gw and gw.rss_mb is not None:
         checks.append(
             _check(
@@ -707,6 +718,34 @@ def render_checks(results: list[TargetResult], args: argparse.Namespace) -> list
         _check(not bad, "errors zero in every cell" + (f": {'; '.join(bad)}" if bad else ""))
     )
     return [f"- **{verdict}** {text}" for verdict, text in checks]
+
+
+def translation_checks(
+    gw: TargetResult | None, anthropic: TargetResult | None, args: argparse.Namespace
+) -> list[tuple[str, str]]:
+    """Each figure of the Anthropic-format run against the OpenAI-format one."""
+    if anthropic is None:
+        return []
+    if gw is None:
+        return [("SKIP", "anthropic vs gateway: gateway not measured")]
+    checks: list[tuple[str, str]] = []
+    floor, ceiling = 1 - MAX_TRANSLATION_COST, 1 + MAX_TRANSLATION_COST
+    for label in cell_labels(args):
+        a, g = anthropic.cells.get(label), gw.cells.get(label)
+        if not (a and g and a.rate and g.rate and a.p50_ms and g.p50_ms):
+            checks.append(("SKIP", f"anthropic vs gateway {label}: not measured"))
+            continue
+        rate, p50 = a.rate / g.rate, a.p50_ms / g.p50_ms
+        what = "TTFB" if a.kind == "stream" else "latency"
+        checks.append(
+            _check(
+                rate >= floor and p50 <= ceiling,
+                f"anthropic-format {label} within {MAX_TRANSLATION_COST:.0%} of openai-format: "
+                f"rate {fmt_rate(a.rate)} vs {fmt_rate(g.rate)} ({rate:.0%}), "
+                f"{what} p50 {a.p50_ms:.2f} vs {g.p50_ms:.2f} ms ({p50:.0%})",
+            )
+        )
+    return checks
 
 
 def busy_warning(results: list[TargetResult]) -> list[str]:

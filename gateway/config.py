@@ -374,13 +374,21 @@ class _Reader:
 
     def upstream(self, name: str, raw: object) -> UpstreamConfig | None:
         path = f"upstreams.{name}"
+        # msgspec would say `headers[...]`: name the header (the model) that is wrong
         headers = raw.get("headers") if isinstance(raw, dict) else None
-        if isinstance(headers, dict):  # msgspec would say `headers[...]`: name the header
-            wrong = [k for k, v in headers.items() if not isinstance(v, str)]
+        wrong = []
+        if isinstance(headers, dict):
+            wrong = [f"headers.{k}" for k, v in headers.items() if not isinstance(v, str)]
             for key in wrong:
-                self.error(f"{path}.headers.{key}", "header values must be strings")
-            if wrong:
-                return None
+                self.error(f"{path}.{key}", "header values must be strings")
+        limits = raw.get("max_tokens") if isinstance(raw, dict) else None
+        if isinstance(limits, dict):
+            bad = [k for k, v in limits.items() if not (isinstance(v, int) and v >= 1)]
+            for key in bad:
+                self.error(f"{path}.max_tokens.{key}", "must be a whole number >= 1")
+            wrong += bad
+        if wrong:
+            return None
         upstream: UpstreamConfig | None = self.convert(raw, UpstreamConfig, path)
         if upstream is None:
             return None

@@ -128,7 +128,12 @@ def _usage(request: Mapping[str, Any], reply: Reply) -> dict[str, Any]:
             "rejected_prediction_tokens": 0,
         },
     }
-    usage.update(reply.usage or {})
+    given = dict(reply.usage or {})
+    if "cached_tokens" in given:
+        usage["prompt_tokens_details"]["cached_tokens"] = given.pop("cached_tokens")
+    usage.update(given)
+    if "total_tokens" not in given:
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return usage
 
 

@@ -559,6 +559,13 @@ class FakeUpstream:
         with self._lock:
             return len(self._scripts.get(path or self.dialect.chat_route, ()))
 
+    def clear_scripts(self) -> int:
+        """Drop every unused scripted reply; how many there were."""
+        with self._lock:
+            count = sum(len(queue) for queue in self._scripts.values())
+            self._scripts.clear()
+            return count
+
     # -- assertions
 
     @property

@@ -35,7 +35,8 @@ import yaml
 
 from tests import spec
 from tests.conftest import GatewayServer
-from tests.fakes.openai_upstream import CHAT_PATH, Behaviour, FakeOpenAI, RecordedRequest
+from tests.fakes.openai_upstream import Behaviour, FakeOpenAI, RecordedRequest
+from tests.fakes.upstream import FakeUpstream
 from tests.integration.wiretap import CHAT as CHAT
 from tests.integration.wiretap import (
     Wiretap,
@@ -229,12 +230,12 @@ def log_text(caplog: pytest.LogCaptureFixture) -> str:
 
 
 class FakeView:
-    """One test's share of a `FakeOpenAI` that a whole module uses (a server costs ~0.2 s to
+    """One test's share of a fake upstream that a whole module uses (a server costs ~0.2 s to
     stop, a module may have dozens of tests): the same scripting, and only the requests made
     since the test began. `finish()`, at the test's end, requires every scripted reply to be
     used and every request to be over, so nothing of one test reaches the next."""
 
-    def __init__(self, fake: FakeOpenAI) -> None:
+    def __init__(self, fake: FakeUpstream) -> None:
         self.fake = fake
         self._first = len(fake.requests)
         self._earlier_chats = len(fake.chat_requests)
@@ -247,7 +248,7 @@ class FakeView:
     def base_url(self) -> str:
         return self.fake.base_url
 
-    def script(self, *replies: Behaviour, path: str = CHAT_PATH) -> None:
+    def script(self, *replies: Behaviour, path: str | None = None) -> None:
         self.fake.script(*replies, path=path)
 
     @property
@@ -256,7 +257,7 @@ class FakeView:
 
     @property
     def chat_requests(self) -> list[RecordedRequest]:
-        return [r for r in self.requests if r.route == CHAT_PATH]
+        return [r for r in self.requests if r.route == self.fake.dialect.chat_route]
 
     def wait_for_requests(self, count: int, timeout: float = 5.0) -> list[RecordedRequest]:
         """Block until this test made `count` chat requests; raises AssertionError."""
@@ -265,12 +266,7 @@ class FakeView:
 
     def finish(self) -> None:
         unfinished = [r for r in self.requests if not r.wait_ended(5)]
-        leftovers = self.fake.pending()
-        if leftovers:  # use them up, so that one failed test does not fail the next ones
-            with httpx.Client(timeout=0.5) as client:
-                for _ in range(leftovers):
-                    with contextlib.suppress(httpx.HTTPError):
-                        client.post(self.base_url + "/chat/completions", json=chat_body())
+        leftovers = self.fake.clear_scripts()  # so that one failed test does not fail the next
         assert not unfinished, f"requests still running at the end of the test: {unfinished}"
         assert not leftovers, f"{leftovers} scripted repl(y/ies) never used"
 

@@ -312,6 +312,37 @@ ERROR_CASES: list[Any] = [
         id="tokens-per-second-on-openai",
     ),
     pytest.param(
+        "upstreams:\n  o:\n    provider: openai\n    base_url: http://x\n"
+        "    default_max_tokens: 100\n",
+        5,
+        "upstreams.o.default_max_tokens",
+        "only the anthropic provider",
+        id="default-max-tokens-on-openai",
+    ),
+    pytest.param(
+        "upstreams:\n  a:\n    provider: anthropic\n    base_url: http://x\n"
+        "    api_version: '2024-10-21'\n",
+        5,
+        "upstreams.a.api_version",
+        "only the azure provider",
+        id="api-version-on-anthropic",
+    ),
+    pytest.param(
+        "upstreams:\n  a:\n    provider: anthropic\n    base_url: http://x\n"
+        "    max_tokens: {claude-x: 0}\n",
+        5,
+        "upstreams.a.max_tokens.claude-x",
+        "must be a whole number >= 1",
+        id="max-tokens-per-model-below-one",
+    ),
+    pytest.param(
+        "upstreams:\n  o:\n    provider: ollama\n",
+        2,
+        "upstreams.o.base_url",
+        "provider ollama needs a base_url",
+        id="ollama-without-base-url",
+    ),
+    pytest.param(
         "upstreams:\n  o:\n    provider: openai\n",
         2,
         "upstreams.o.base_url",
@@ -604,3 +635,31 @@ def test_the_shipped_yaml_validates_against_the_json_schema():
 )
 def test_the_json_schema_rejects_what_the_loader_rejects(data):
     assert not Draft202012Validator(json_schema()).is_valid(data)
+
+
+@pytest.mark.parametrize("provider", ["openai", "azure", "anthropic", "gemini", "ollama", "tgi"])
+def test_every_provider_of_the_contract_is_accepted(provider: str):
+    config = parse(f"upstreams:\n  u: {{provider: {provider}, base_url: 'http://127.0.0.1:1'}}\n")
+
+    assert config.upstreams["u"].provider == provider
+
+
+def test_provider_keys_of_the_contract():
+    config = parse(
+        """
+        upstreams:
+          claude: {provider: anthropic, base_url: https://api.anthropic.com, api_key: k1,
+                   default_max_tokens: 1024, max_tokens: {claude-opus-4-1: 32000}}
+          azure:  {provider: azure, base_url: https://myres.openai.azure.com, api_key: k2,
+                   api_version: "2024-10-21"}
+          vllm:   {provider: openai, base_url: "http://127.0.0.1:8000/v1",
+                   drop_params: [logit_bias, service_tier], drop_unsupported: true}
+        """
+    )
+
+    claude, azure, vllm = (config.upstreams[n] for n in ("claude", "azure", "vllm"))
+    assert (claude.default_max_tokens, claude.max_tokens) == (1024, {"claude-opus-4-1": 32000})
+    assert azure.api_version == "2024-10-21"
+    assert vllm.drop_params == ("logit_bias", "service_tier")
+    assert vllm.drop_unsupported is True
+    assert config.upstreams["claude"].drop_unsupported is False  # the default: refuse

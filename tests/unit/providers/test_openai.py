@@ -715,3 +715,18 @@ def test_a_key_cut_by_truncation_is_not_shown_in_part():
     error = OPENAI.parse_error(400, {}, body.encode(), "up", (key,))
 
     assert key[:12] not in error.message
+
+
+def test_models_are_listed_from_the_models_endpoint():
+    probe = OPENAI.models_request(UPSTREAM)
+    body = b'{"object": "list", "data": [{"id": "gpt-4o", "object": "model"}, {"id": "o3"}, 7]}'
+
+    assert (probe.method, probe.url) == ("GET", "https://api.example.com/v1/models")
+    assert probe.headers["authorization"] == "Bearer " + KEY
+    assert OPENAI.parse_models(body) == ("gpt-4o", "o3")
+
+
+@pytest.mark.parametrize("body", [b"<html>", b'{"data": 3}', b"[]"])
+def test_a_model_list_that_is_not_one_is_an_upstream_error(body: bytes):
+    with pytest.raises(UpstreamError):
+        OPENAI.parse_models(body)
