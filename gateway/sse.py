@@ -1,4 +1,4 @@
-"""Incremental Server-Sent Events decoding and encoding (pure, no I/O).
+"""Incremental Server-Sent Events and NDJSON decoding, and SSE encoding (pure, no I/O).
 
 The decoder is fed bytes as they arrive and returns the complete events so far, the h11 way, so
 a stream is relayed event by event with nothing buffered beyond one partial event. It follows
@@ -64,6 +64,32 @@ class SSEDecoder:
                 self._event = line[6:].strip().decode("utf-8", "replace")
             # comments (":...") and id/retry/unknown fields carry nothing we relay
         return events
+
+
+class NDJSONDecoder:
+    """Feed bytes, get whole lines of newline-delimited JSON (Ollama), blank lines skipped.
+
+    A line is only complete at its LF, so a multi-byte character split across reads is joined
+    before anyone decodes it. `pending` tells whether a partial line is buffered.
+    """
+
+    __slots__ = ("_buffer",)
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buffer.strip())
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        end = buffer.rfind(b"\n")
+        if end < 0:
+            self._buffer = buffer
+            return []
+        self._buffer = buffer[end + 1 :]
+        return [line for line in buffer[:end].split(b"\n") if line.strip()]
 
 
 def encode_event(payload: object) -> bytes:

@@ -13,9 +13,22 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import orjson
+
 from gateway.config import Target, UpstreamConfig
-from gateway.errors import GatewayError, InvalidRequest
-from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
+from gateway.errors import GatewayError, InvalidRequest, StreamInterrupted, UpstreamError
+from gateway.logs import redact
+from gateway.openai_types import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatRequest,
+    ChunkChoice,
+    Delta,
+    FinishReason,
+    Usage,
+)
+
+MAX_ERROR_MESSAGE = 1000  # characters of an upstream's error message passed on
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,3 +130,103 @@ def request_body(
             code="unsupported_parameter",
         )
     return body
+
+
+# ------------------------------------------------------------------- shared by the translators
+
+
+def json_object(body: bytes, what: str, upstream: str | None = None) -> dict[str, Any]:
+    """A 2xx body that must be a JSON object. Raises UpstreamError naming `what` it should be
+    (and the upstream, when known)."""
+    source = f"upstream '{upstream}' returned {what}" if upstream else what
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise UpstreamError(f"{source} that is not JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamError(f"{source} that is not a JSON object")
+    return data
+
+
+def names_in(entries: object, key: str) -> tuple[str, ...]:
+    """The string `key` of each object in the list `entries` (a model listing's names)."""
+    if not isinstance(entries, list):
+        raise UpstreamError("the model list has no list of models")
+    return tuple(e[key] for e in entries if isinstance(e, dict) and isinstance(e.get(key), str))
+
+
+def stream_event(raw: bytes, upstream: str) -> dict[str, Any]:
+    """One stream event's JSON object. Raises StreamInterrupted for anything else."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise StreamInterrupted(
+            f"upstream '{upstream}' sent a stream event that is not JSON"
+        ) from None
+    if not isinstance(data, dict):
+        raise StreamInterrupted(f"upstream '{upstream}' sent a malformed stream event")
+    return data
+
+
+def stream_failure(
+    upstream: str, secrets: tuple[str, ...], message: str, code: str | None
+) -> StreamInterrupted:
+    """An upstream's error event in the middle of a stream, its message redacted and cut."""
+    return StreamInterrupted(
+        f"upstream '{upstream}' failed mid-stream: "
+        + redact(message, secrets)[:MAX_ERROR_MESSAGE],  # redact first: a cut key hides
+        code=code or "stream_interrupted",
+    )
+
+
+def new_chunk(
+    request: ChatRequest,
+    model: str,
+    delta: Delta,
+    finish: FinishReason | None = None,
+    index: int = 0,
+) -> ChatCompletionChunk:
+    """A `chat.completion.chunk` of one choice built by the gateway (id and time: the request's).
+
+    With `include_usage`, every chunk says `usage: null` but the last, as OpenAI's do.
+    """
+    choice: ChunkChoice = {
+        "index": index,
+        "delta": delta,
+        "logprobs": None,
+        "finish_reason": finish,
+    }
+    chunk: ChatCompletionChunk = {
+        "id": request.id,
+        "object": "chat.completion.chunk",
+        "created": request.created,
+        "model": model,
+        "choices": [choice],
+    }
+    if request.include_usage:
+        chunk["usage"] = None
+    return chunk
+
+
+def usage_chunk(request: ChatRequest, model: str, usage: Usage) -> ChatCompletionChunk:
+    """The last chunk of a stream whose client asked for usage: no choices, the usage."""
+    return {
+        "id": request.id,
+        "object": "chat.completion.chunk",
+        "created": request.created,
+        "model": model,
+        "choices": [],
+        "usage": usage,
+    }
+
+
+def new_usage(prompt: int, completion: int, cached: int | None = None) -> Usage:
+    """OpenAI's usage object from token counts (`cached`: prompt tokens read from a cache)."""
+    usage: Usage = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached}
+    return usage

@@ -31,13 +31,20 @@ from gateway.errors import (
 )
 from gateway.logs import redact
 from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
-from gateway.providers.base import UpstreamRequest, request_body
+from gateway.providers.base import (
+    MAX_ERROR_MESSAGE as MAX_ERROR_MESSAGE,  # re-exported for the translators not yet moved
+)
+from gateway.providers.base import (
+    UpstreamRequest,
+    request_body,
+    stream_event,
+    stream_failure,
+)
 from gateway.sse import SSEDecoder
 
 MOCK_BASE_URL = "http://mock.gateway.internal/v1"
 USER_AGENT = "llm-gateway"
 _PASSED_THROUGH = frozenset({400, 404, 409, 413, 415, 422})
-MAX_ERROR_MESSAGE = 1000
 
 
 class OpenAITranslator:
@@ -194,21 +201,10 @@ class OpenAIStreamDecoder:
             if event.data == b"[DONE]":
                 self.done = True
                 continue
-            try:
-                chunk = orjson.loads(event.data)
-            except orjson.JSONDecodeError:
-                raise StreamInterrupted(
-                    f"upstream '{self._upstream}' sent a stream event that is not JSON"
-                ) from None
-            if not isinstance(chunk, dict):
-                raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed event")
+            chunk = stream_event(event.data, self._upstream)
             if "error" in chunk:
                 message, kind, _, code = error_details(event.data)
-                raise StreamInterrupted(
-                    f"upstream '{self._upstream}' failed mid-stream: "
-                    + redact(message, self._secrets)[:MAX_ERROR_MESSAGE],
-                    code=code or kind or "stream_interrupted",
-                )
+                raise stream_failure(self._upstream, self._secrets, message, code or kind)
             usage = chunk.get("usage")
             if usage:
                 if not isinstance(usage, dict):

@@ -37,6 +37,7 @@ from tests.fakes.upstream import (
     ANY_PATH,
     ApiError,
     Behaviour,
+    Dialect,
     FakeUpstream,
     RecordedRequest,
     Reply,
@@ -50,7 +51,6 @@ from tests.fakes.upstream import (
     sse,
     words_in,
 )
-from tests.servers import LoopName
 
 __all__ = [
     "ANY_PATH",
@@ -640,23 +640,7 @@ class FakeAnthropic(FakeUpstream):
     are listed by `GET /v1/models`.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        models: Sequence[str] = ("claude-sonnet-4-5", "claude-haiku-4-5"),
-        loop: LoopName = "asyncio",
-        validate_requests: bool = True,
-    ) -> None:
-        super().__init__(
-            AnthropicDialect(),
-            api_key=api_key,
-            models=models,
-            loop=loop,
-            validate_requests=validate_requests,
-        )
+    default_models = ("claude-sonnet-4-5", "claude-haiku-4-5")
 
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`: Anthropic's base URL has no `/v1`."""
-        return self.url
+    def new_dialect(self, models: Sequence[str]) -> Dialect:
+        return AnthropicDialect()

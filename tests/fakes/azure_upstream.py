@@ -31,8 +31,15 @@ from dataclasses import replace
 from typing import Any
 
 from tests.fakes.openai_upstream import OpenAIDialect, build_chunks, build_completion
-from tests.fakes.upstream import ApiError, FakeUpstream, RecordedRequest, Reply, compact, sse
-from tests.servers import LoopName
+from tests.fakes.upstream import (
+    ApiError,
+    Dialect,
+    FakeUpstream,
+    RecordedRequest,
+    Reply,
+    compact,
+    sse,
+)
 
 CHAT_PATH = "/openai/deployments/{deployment}/chat/completions"
 MODELS_PATH = "/openai/models"
@@ -278,21 +285,10 @@ class FakeAzure(FakeUpstream):
     `models` are what `GET /openai/models` lists.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        models: Sequence[str] = (DEPLOYED_MODEL, "gpt-4o-mini-2024-07-18"),
-        loop: LoopName = "asyncio",
-        validate_requests: bool = True,
-    ) -> None:
-        super().__init__(
-            AzureDialect(),
-            api_key=api_key,
-            models=models,
-            loop=loop,
-            validate_requests=validate_requests,
-        )
+    default_models = (DEPLOYED_MODEL, "gpt-4o-mini-2024-07-18")
+
+    def new_dialect(self, models: Sequence[str]) -> Dialect:
+        return AzureDialect()
 
 
 __all__ = ["CHAT_PATH", "MODELS_PATH", "OVERLOADED_STATUS", "AzureDialect", "FakeAzure"]

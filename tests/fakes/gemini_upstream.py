@@ -32,6 +32,7 @@ from typing import Any
 from tests.fakes.upstream import (
     ANY_PATH,
     ApiError,
+    Dialect,
     FakeUpstream,
     RecordedRequest,
     Reply,
@@ -44,7 +45,6 @@ from tests.fakes.upstream import (
     random_id,
     words_in,
 )
-from tests.servers import LoopName
 
 __all__ = [
     "ANY_PATH",
@@ -691,23 +691,7 @@ class FakeGemini(FakeUpstream):
     otherwise). `models` are listed by `GET /v1beta/models`.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        models: Sequence[str] = ("gemini-2.0-flash", "gemini-2.5-pro", "gemini-3-pro-preview"),
-        loop: LoopName = "asyncio",
-        validate_requests: bool = True,
-    ) -> None:
-        super().__init__(
-            GeminiDialect(),
-            api_key=api_key,
-            models=models,
-            loop=loop,
-            validate_requests=validate_requests,
-        )
+    default_models = ("gemini-2.0-flash", "gemini-2.5-pro", "gemini-3-pro-preview")
 
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`, as `https://generativelanguage.googleapis.com`."""
-        return self.url
+    def new_dialect(self, models: Sequence[str]) -> Dialect:
+        return GeminiDialect()

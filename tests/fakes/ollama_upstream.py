@@ -35,6 +35,7 @@ from typing import Any
 
 from tests.fakes.upstream import (
     ApiError,
+    Dialect,
     FakeUpstream,
     RecordedRequest,
     Reply,
@@ -45,7 +46,6 @@ from tests.fakes.upstream import (
     pieces,
     words_in,
 )
-from tests.servers import LoopName
 
 __all__ = [
     "CHAT_PATH",
@@ -449,23 +449,7 @@ class FakeOllama(FakeUpstream):
     listed by `GET /api/tags`.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        models: Sequence[str] = ("llama3.2:latest", "qwen3:8b"),
-        loop: LoopName = "asyncio",
-        validate_requests: bool = True,
-    ) -> None:
-        super().__init__(
-            OllamaDialect(),
-            api_key=api_key,
-            models=models,
-            loop=loop,
-            validate_requests=validate_requests,
-        )
+    default_models = ("llama3.2:latest", "qwen3:8b")
 
-    @property
-    def base_url(self) -> str:
-        """`http://127.0.0.1:<port>`: Ollama's paths start with /api."""
-        return self.url
+    def new_dialect(self, models: Sequence[str]) -> Dialect:
+        return OllamaDialect()

@@ -34,6 +34,7 @@ from tests.fakes.upstream import (
     ANY_PATH,
     ApiError,
     Behaviour,
+    Dialect,
     FakeUpstream,
     RecordedRequest,
     Reply,
@@ -44,7 +45,6 @@ from tests.fakes.upstream import (
 )
 from tests.fakes.upstream import fragments as _fragments
 from tests.fakes.upstream import pieces as _pieces
-from tests.servers import LoopName
 
 __all__ = [
     "ANY_PATH",
@@ -346,21 +346,10 @@ class FakeOpenAI(FakeUpstream):
     `models` are listed by `GET /v1/models`.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        models: Sequence[str] = ("gpt-4o-mini", "gpt-4o"),
-        loop: LoopName = "asyncio",
-        validate_requests: bool = True,
-    ) -> None:
-        super().__init__(
-            OpenAIDialect(),
-            api_key=api_key,
-            models=models,
-            loop=loop,
-            validate_requests=validate_requests,
-        )
+    default_models = ("gpt-4o-mini", "gpt-4o")
+
+    def new_dialect(self, models: Sequence[str]) -> Dialect:
+        return OpenAIDialect()
 
     @property
     def base_url(self) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 
 from tests.fakes.upstream import (
     ApiError,
+    Dialect,
     FakeUpstream,
     RecordedRequest,
     Reply,
@@ -43,7 +44,6 @@ from tests.fakes.upstream import (
     sse,
     words_in,
 )
-from tests.servers import LoopName
 
 CHAT_PATH = "/v1/chat/completions"
 HEALTH_PATH = "/health"
@@ -359,18 +359,7 @@ class FakeTGI(FakeUpstream):
     model id that `/info` and the answers report.
     """
 
-    def __init__(
-        self,
-        *,
-        api_key: str | None = None,
-        models: Sequence[str] = ("meta-llama/Llama-3.1-8B-Instruct",),
-        loop: LoopName = "asyncio",
-        validate_requests: bool = True,
-    ) -> None:
-        super().__init__(
-            TGIDialect(models[0] if models else "meta-llama/Llama-3.1-8B-Instruct"),
-            api_key=api_key,
-            models=models,
-            loop=loop,
-            validate_requests=validate_requests,
-        )
+    default_models = ("meta-llama/Llama-3.1-8B-Instruct",)
+
+    def new_dialect(self, models: Sequence[str]) -> Dialect:
+        return TGIDialect(models[0] if models else "meta-llama/Llama-3.1-8B-Instruct")

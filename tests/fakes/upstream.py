@@ -466,20 +466,27 @@ class _Endpoint:
 class FakeUpstream:
     """A fake provider speaking `dialect` on `127.0.0.1:<free port>`; use as a context manager.
 
+    A provider's fake is a subclass that names its `default_models` and makes its dialect in
+    `new_dialect()` (and says what its `base_url` is when that is not the bare `url`).
+
     `api_key`, if set, is required the way the provider takes it (401 otherwise). `models` are
     listed by the dialect's model listing. `validate_requests` asks the fixture that owns the
     fake to fail the test if any chat request had `problems` (see the module docstring).
     """
 
+    default_models: tuple[str, ...] = ()  # a subclass's `models` when none are given
+
     def __init__(
         self,
-        dialect: Dialect,
+        dialect: Dialect | None = None,
         *,
         api_key: str | None = None,
-        models: Sequence[str] = (),
+        models: Sequence[str] | None = None,
         loop: LoopName = "asyncio",
         validate_requests: bool = True,
     ) -> None:
+        models = self.default_models if models is None else tuple(models)
+        dialect = dialect or self.new_dialect(models)
         self.dialect = dialect
         self.api_key = api_key
         self.models = list(models)
@@ -498,6 +505,10 @@ class FakeUpstream:
         app = Starlette(routes=routes)
         self._server = ServerThread(app, name=f"fake-{dialect.name}", loop=loop, lifespan="off")
         self._log_filter = _QuietDeliberateCuts(self._server.name)
+
+    def new_dialect(self, models: Sequence[str]) -> Dialect:
+        """The dialect of a provider's fake (subclasses), when none is passed in."""
+        raise TypeError(f"{type(self).__name__} needs a dialect")
 
     # -- lifecycle
 
