@@ -42,8 +42,8 @@ import orjson
 from gateway.config import Target, UpstreamConfig
 from gateway.errors import UpstreamError
 from gateway.openai_types import ChatCompletionChunk, ChatRequest
-from gateway.providers.base import UpstreamRequest, request_body
-from gateway.providers.openai import USER_AGENT, OpenAIStreamDecoder, OpenAITranslator
+from gateway.providers.base import USER_AGENT, UpstreamRequest, request_body
+from gateway.providers.openai import OpenAIStreamDecoder, OpenAITranslator
 
 PROVIDER = "azure"
 # OpenAI fields Azure does not know and that change nothing in the answer.
@@ -117,9 +117,6 @@ def deployment_url(upstream: UpstreamConfig, deployment: str) -> str:
 
 class AzureStreamDecoder(OpenAIStreamDecoder):
     """OpenAI's decoder without Azure's annotation-only chunks (see the module docstring)."""
-
-    def __init__(self, include_usage: bool, upstream: str, secrets: tuple[str, ...]) -> None:
-        super().__init__(include_usage, upstream, secrets)
 
     def feed(self, data: bytes) -> list[ChatCompletionChunk]:
         kept: list[ChatCompletionChunk] = []

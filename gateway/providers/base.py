@@ -1,4 +1,4 @@
-"""The interface every provider implements: pure translation, described by small values.
+"""The interface every provider implements, and the pieces the translators share.
 
 A `Translator` turns a validated OpenAI request plus an upstream's settings into an
 `UpstreamRequest` (method, URL, headers, body), and the upstream's status and bytes back into
@@ -16,7 +16,15 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.config import Target, UpstreamConfig
-from gateway.errors import GatewayError, InvalidRequest, StreamInterrupted, UpstreamError
+from gateway.errors import (
+    GatewayError,
+    InvalidRequest,
+    RateLimited,
+    StreamInterrupted,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+)
 from gateway.logs import redact
 from gateway.openai_types import (
     ChatCompletion,
@@ -29,6 +37,8 @@ from gateway.openai_types import (
 )
 
 MAX_ERROR_MESSAGE = 1000  # characters of an upstream's error message passed on
+USER_AGENT = "llm-gateway"
+_PASSED_THROUGH = frozenset({400, 404, 409, 413, 415, 422})
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,3 +240,73 @@ def new_usage(prompt: int, completion: int, cached: int | None = None) -> Usage:
     if cached is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return usage
+
+
+# ------------------------------------------------------------------- upstream errors
+
+
+def error_details(body: bytes) -> tuple[str, str | None, str | None, str | None]:
+    """(message, type, param, code) from any of the error shapes OpenAI-like servers send.
+
+    The message is whole: callers redact it before they shorten it.
+    """
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        text = body.decode("utf-8", "replace").strip()
+        return (text or "no error message"), None, None, None
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return (
+            str(error.get("message") or "no error message"),
+            _text(error.get("type")),
+            _text(error.get("param")),
+            _text(error.get("code")),
+        )
+    if isinstance(error, str):  # TGI: {"error": "...", "error_type": "validation"}
+        return error, _text(data.get("error_type")), None, None
+    if isinstance(data, dict) and "detail" in data:  # FastAPI
+        return str(data["detail"]), None, None, None
+    if isinstance(data, dict) and isinstance(data.get("message"), str):
+        return data["message"], _text(data.get("type")), None, None
+    return body.decode("utf-8", "replace"), None, None, None
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)[:200]
+
+
+def error_from_status(
+    status: int,
+    headers: Mapping[str, str],
+    message: str,
+    kind: str | None,
+    param: str | None,
+    code: str | None,
+    upstream: str,
+    secrets: tuple[str, ...],
+) -> GatewayError:
+    """The gateway's answer to an upstream's non-2xx status (shared by every provider)."""
+    message = redact(message, secrets)[:MAX_ERROR_MESSAGE]  # redact first: a cut key hides
+    if status in _PASSED_THROUGH:
+        rejected = UpstreamRejected(message, param=param, code=code, status=status)
+        if kind:
+            rejected.type = kind
+        return rejected
+    if status in (401, 403):
+        return UpstreamError(
+            f"upstream '{upstream}' refused the gateway's credentials ({status})",
+            code="upstream_auth_failed",
+        )
+    if status == 429:
+        retry = {k: headers[k] for k in ("retry-after", "retry-after-ms") if k in headers}
+        return RateLimited(f"upstream '{upstream}' is rate limited: {message}", headers=retry)
+    if status in (408, 504):
+        return UpstreamTimeout(f"upstream '{upstream}' timed out ({status})")
+    if status in (503, 529):
+        return UpstreamError(
+            f"upstream '{upstream}' is overloaded ({status}): {message}",
+            status=503,
+            code="upstream_overloaded",
+        )
+    return UpstreamError(f"upstream '{upstream}' failed with status {status}: {message}")

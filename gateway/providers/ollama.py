@@ -1,8 +1,9 @@
 """Ollama's native chat API (`POST {base_url}/api/chat`, NDJSON streams) behind OpenAI's format.
 
-This module owns the translation both ways: an OpenAI chat request becomes an Ollama chat
-request, and Ollama's answer (one JSON body, or NDJSON lines) becomes an OpenAI completion or
-chunks. It is pure: ids and times come from the `ChatRequest`.
+This module owns the translator and the request direction: an OpenAI chat request becomes an
+Ollama chat request. Ollama's answer (one JSON body, or NDJSON lines) becomes an OpenAI
+completion or chunks in `ollama_responses.py`. Both are pure: ids and times come from the
+`ChatRequest`.
 
 Ollama's quirks, and what the gateway does about them:
 - Ollama streams unless told otherwise, so `stream` is always sent (true or false). A stream is
@@ -58,20 +59,18 @@ from typing import Any
 import orjson
 
 from gateway.config import Target, UpstreamConfig
-from gateway.errors import GatewayError, InvalidRequest, StreamInterrupted, UpstreamError
-from gateway.logs import redact
-from gateway.openai_types import (
-    ChatCompletion,
-    ChatCompletionChunk,
-    ChatRequest,
-    ChunkChoice,
-    Delta,
-    FinishReason,
-    ToolCall,
-    Usage,
+from gateway.errors import GatewayError, InvalidRequest
+from gateway.openai_types import ChatCompletion, ChatRequest
+from gateway.providers.base import (
+    USER_AGENT,
+    UpstreamRequest,
+    error_details,
+    error_from_status,
+    json_object,
+    names_in,
+    request_body,
 )
-from gateway.providers.base import UpstreamRequest, request_body
-from gateway.providers.openai import MAX_ERROR_MESSAGE, USER_AGENT, error_details, error_from_status
+from gateway.providers.ollama_responses import OllamaStreamDecoder, to_openai_completion
 
 PROVIDER = "ollama"
 DEFAULT_BASE_URL = "http://127.0.0.1:11434"
@@ -116,56 +115,14 @@ class OllamaTranslator:
         tools = body.get("tools")
         if tools and body.get("tool_choice") != "none":
             out["tools"] = _tools(tools)
-        headers = {
-            **upstream.headers,
-            "content-type": "application/json",
-            "accept": "application/x-ndjson" if request.stream else "application/json",
-            "user-agent": USER_AGENT,
-        }
-        _authorize(headers, upstream)
+        headers = _headers(
+            upstream, "application/x-ndjson" if request.stream else "application/json"
+        )
+        headers["content-type"] = "application/json"
         return UpstreamRequest("POST", _base(upstream) + CHAT_PATH, headers, orjson.dumps(out))
 
     def parse_response(self, body: bytes, request: ChatRequest, upstream: str) -> ChatCompletion:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"upstream '{upstream}' returned a body that is not JSON") from None
-        message = data.get("message") if isinstance(data, dict) else None
-        if (
-            not isinstance(data, dict)
-            or not isinstance(message, dict)
-            or data.get("done") is not True
-        ):
-            raise UpstreamError(f"upstream '{upstream}' returned a body that is not an Ollama chat")
-        content = message.get("content")
-        if content is not None and not isinstance(content, str):
-            raise UpstreamError(f"upstream '{upstream}' returned content that is not text")
-        calls = [
-            _from_ollama_call(call, position, request.id, upstream)
-            for position, call in enumerate(_call_list(message.get("tool_calls"), upstream))
-        ]
-        completion: ChatCompletion = {
-            "id": request.id,
-            "object": "chat.completion",
-            "created": request.created,
-            "model": _model(data, request),
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": None if calls and not content else (content or ""),
-                        "refusal": None,
-                    },
-                    "logprobs": None,
-                    "finish_reason": _finish_reason(data.get("done_reason"), bool(calls)),
-                }
-            ],
-            "usage": _usage(data),
-        }
-        if calls:
-            completion["choices"][0]["message"]["tool_calls"] = calls
-        return completion
+        return to_openai_completion(json_object(body, "a body", upstream), request, upstream)
 
     def parse_error(
         self,
@@ -193,34 +150,24 @@ class OllamaTranslator:
 
     def parse_models(self, body: bytes) -> tuple[str, ...]:
         """`{"models": [{"name": "llama3.2:latest", "model": "llama3.2:latest", ...}]}`."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("the model list is not JSON") from None
-        entries = data.get("models") if isinstance(data, dict) else None
-        if not isinstance(entries, list):
-            raise UpstreamError("the model list has no models array")
-        names = []
-        for entry in entries:
-            if isinstance(entry, dict):
-                name = entry.get("name") or entry.get("model")
-                if isinstance(name, str):
-                    names.append(name)
-        return tuple(names)
+        return names_in(json_object(body, "a model list").get("models"), "name")
 
     def _get(self, upstream: UpstreamConfig, path: str) -> UpstreamRequest:
-        headers = {**upstream.headers, "accept": "application/json", "user-agent": USER_AGENT}
-        _authorize(headers, upstream)
-        return UpstreamRequest("GET", _base(upstream) + path, headers)
+        return UpstreamRequest(
+            "GET", _base(upstream) + path, _headers(upstream, "application/json")
+        )
 
 
 def _base(upstream: UpstreamConfig) -> str:
     return (upstream.base_url or DEFAULT_BASE_URL).rstrip("/")
 
 
-def _authorize(headers: dict[str, str], upstream: UpstreamConfig) -> None:
+def _headers(upstream: UpstreamConfig, accept: str) -> dict[str, str]:
+    """The upstream's own headers, and its key (ollama.com) as a bearer token."""
+    headers = {**upstream.headers, "accept": accept, "user-agent": USER_AGENT}
     if upstream.api_key:
         headers["authorization"] = "Bearer " + upstream.api_key.reveal()
+    return headers
 
 
 # ------------------------------------------------------------------- requests
@@ -315,9 +262,7 @@ def to_ollama_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["images"] = images
         if role == "assistant":
             calls = _to_ollama_calls(message, path)
-            for call in calls:
-                if "id" in call:
-                    names_by_id[call["id"]] = call["function"]["name"]
+            names_by_id.update((call["id"], call["function"]["name"]) for call in calls)
             if calls:
                 entry["tool_calls"] = calls
         out.append(entry)
@@ -402,203 +347,6 @@ def _arguments(text: str, path: str) -> dict[str, Any]:
             param=path,
         )
     return value
-
-
-# ------------------------------------------------------------------- responses
-
-
-def _model(data: Mapping[str, object], request: ChatRequest) -> str:
-    model = data.get("model")
-    return model if isinstance(model, str) and model else request.model
-
-
-def _finish_reason(done_reason: object, has_calls: bool) -> FinishReason:
-    if has_calls:
-        return "tool_calls"
-    return "length" if done_reason == "length" else "stop"
-
-
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _usage(data: Mapping[str, object]) -> Usage:
-    prompt = _count(data.get("prompt_eval_count"))
-    completion = _count(data.get("eval_count"))
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-    }
-
-
-def _call_list(calls: object, upstream: str) -> list[object]:
-    if calls is None:
-        return []
-    if not isinstance(calls, list):
-        raise UpstreamError(f"upstream '{upstream}' returned tool_calls that are not a list")
-    return calls
-
-
-def call_id(request_id: str, position: int) -> str:
-    """The id of the call at `position` in an answer to `request_id`, for calls sent without
-    one: the same for every read of the same answer, different across requests."""
-    return f"call_{request_id.removeprefix('chatcmpl-')}_{position}"
-
-
-def _from_ollama_call(call: object, position: int, request_id: str, upstream: str) -> ToolCall:
-    function = call.get("function") if isinstance(call, dict) else None
-    name = function.get("name") if isinstance(function, dict) else None
-    if not isinstance(function, dict) or not isinstance(name, str):
-        raise UpstreamError(f"upstream '{upstream}' returned a tool call without a name")
-    arguments = function.get("arguments")
-    if arguments is None:
-        arguments = {}
-    if isinstance(arguments, str):  # not Ollama's shape, but unambiguous: JSON text already
-        text = arguments
-    elif isinstance(arguments, dict):
-        text = orjson.dumps(arguments).decode()
-    else:
-        raise UpstreamError(f"upstream '{upstream}' returned tool arguments that are not an object")
-    given = call.get("id") if isinstance(call, dict) else None
-    return {
-        "id": given if isinstance(given, str) and given else call_id(request_id, position),
-        "type": "function",
-        "function": {"name": name, "arguments": text},
-    }
-
-
-# ------------------------------------------------------------------- streams
-
-
-class OllamaStreamDecoder:
-    """Ollama NDJSON lines in, OpenAI chunks out (see the module docstring for the rules)."""
-
-    __slots__ = (
-        "_buffer",
-        "_calls",
-        "_model",
-        "_request",
-        "_secrets",
-        "_started",
-        "_upstream",
-        "done",
-        "usage",
-    )
-
-    def __init__(self, request: ChatRequest, upstream: str, secrets: tuple[str, ...]) -> None:
-        self._request = request
-        self._upstream = upstream
-        self._secrets = secrets
-        self._buffer = b""
-        self._model: str | None = None
-        self._started = False
-        self._calls = 0
-        self.done = False
-        self.usage: Usage | None = None
-
-    def feed(self, data: bytes) -> list[ChatCompletionChunk]:
-        self._buffer += data
-        *lines, self._buffer = self._buffer.split(b"\n")
-        chunks: list[ChatCompletionChunk] = []
-        for line in lines:
-            chunks.extend(self._line(line))
-        return chunks
-
-    def close(self) -> list[ChatCompletionChunk]:
-        chunks = self._line(self._buffer)  # a last line without its newline
-        self._buffer = b""
-        if not self.done:
-            raise StreamInterrupted(
-                f"upstream '{self._upstream}' closed the stream before it finished"
-            )
-        return chunks
-
-    def _line(self, line: bytes) -> list[ChatCompletionChunk]:
-        line = line.strip()
-        if not line or self.done:
-            return []
-        try:
-            data = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise StreamInterrupted(
-                f"upstream '{self._upstream}' sent a stream line that is not JSON"
-            ) from None
-        if not isinstance(data, dict):
-            raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed stream line")
-        if "error" in data:
-            text, kind, _, code = error_details(line)
-            raise StreamInterrupted(
-                f"upstream '{self._upstream}' failed mid-stream: "
-                + redact(text, self._secrets)[:MAX_ERROR_MESSAGE],
-                code=code or kind or "stream_interrupted",
-            )
-        message = data.get("message")
-        if message is None:
-            message = {}
-        if not isinstance(message, dict) or not isinstance(data.get("done"), bool):
-            raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed stream line")
-        chunks: list[ChatCompletionChunk] = []
-        if not self._started:
-            self._started = True
-            self._model = _model(data, self._request)
-            chunks.append(self._chunk({"role": "assistant", "content": ""}))
-        content = message.get("content")
-        if isinstance(content, str) and content:
-            chunks.append(self._chunk({"content": content}))
-        try:
-            calls = _call_list(message.get("tool_calls"), self._upstream)
-            for call in calls:
-                chunks.extend(self._call(call))
-        except UpstreamError as exc:
-            raise StreamInterrupted(exc.message) from None
-        if data["done"]:
-            self.done = True
-            usage = _usage(data)
-            self.usage = usage
-            reason = _finish_reason(data.get("done_reason"), self._calls > 0)
-            chunks.append(self._chunk({}, reason))
-            if self._request.include_usage:
-                final = self._chunk({})
-                final["choices"] = []
-                final["usage"] = usage
-                chunks.append(final)
-        return chunks
-
-    def _call(self, call: object) -> list[ChatCompletionChunk]:
-        index = self._calls
-        self._calls += 1
-        whole = _from_ollama_call(call, index, self._request.id, self._upstream)
-        function = whole["function"]
-        announce = {
-            "index": index,
-            "id": whole["id"],
-            "type": "function",
-            "function": {"name": function["name"], "arguments": ""},
-        }
-        arguments = {"index": index, "function": {"arguments": function["arguments"]}}
-        return [
-            self._chunk({"tool_calls": [announce]}),  # type: ignore[list-item]
-            self._chunk({"tool_calls": [arguments]}),  # type: ignore[list-item]
-        ]
-
-    def _chunk(self, delta: Delta, finish: FinishReason | None = None) -> ChatCompletionChunk:
-        choice: ChunkChoice = {
-            "index": 0,
-            "delta": delta,
-            "logprobs": None,
-            "finish_reason": finish,
-        }
-        chunk: ChatCompletionChunk = {
-            "id": self._request.id,
-            "object": "chat.completion.chunk",
-            "created": self._request.created,
-            "model": self._model or self._request.model,
-            "choices": [choice],
-        }
-        if self._request.include_usage:
-            chunk["usage"] = None  # as OpenAI: null on every chunk but the usage chunk
-        return chunk
 
 
 OLLAMA = OllamaTranslator()

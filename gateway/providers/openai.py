@@ -23,19 +23,15 @@ import orjson
 from gateway.config import Target, UpstreamConfig
 from gateway.errors import (
     GatewayError,
-    RateLimited,
     StreamInterrupted,
     UpstreamError,
-    UpstreamRejected,
-    UpstreamTimeout,
 )
-from gateway.logs import redact
 from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
 from gateway.providers.base import (
-    MAX_ERROR_MESSAGE as MAX_ERROR_MESSAGE,  # re-exported for the translators not yet moved
-)
-from gateway.providers.base import (
+    USER_AGENT,
     UpstreamRequest,
+    error_details,
+    error_from_status,
     request_body,
     stream_event,
     stream_failure,
@@ -43,8 +39,6 @@ from gateway.providers.base import (
 from gateway.sse import SSEDecoder
 
 MOCK_BASE_URL = "http://mock.gateway.internal/v1"
-USER_AGENT = "llm-gateway"
-_PASSED_THROUGH = frozenset({400, 404, 409, 413, 415, 422})
 
 
 class OpenAITranslator:
@@ -236,76 +230,6 @@ class OpenAIStreamDecoder:
                 f"upstream '{self._upstream}' closed the stream before it finished"
             )
         return []
-
-
-# ------------------------------------------------------------------- errors
-
-
-def error_details(body: bytes) -> tuple[str, str | None, str | None, str | None]:
-    """(message, type, param, code) from any of the error shapes OpenAI-like servers send.
-
-    The message is whole: callers redact it before they shorten it.
-    """
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body.decode("utf-8", "replace").strip()
-        return (text or "no error message"), None, None, None
-    error = data.get("error") if isinstance(data, dict) else None
-    if isinstance(error, dict):
-        return (
-            str(error.get("message") or "no error message"),
-            _text(error.get("type")),
-            _text(error.get("param")),
-            _text(error.get("code")),
-        )
-    if isinstance(error, str):  # TGI: {"error": "...", "error_type": "validation"}
-        return error, _text(data.get("error_type")), None, None
-    if isinstance(data, dict) and "detail" in data:  # FastAPI
-        return str(data["detail"]), None, None, None
-    if isinstance(data, dict) and isinstance(data.get("message"), str):
-        return data["message"], _text(data.get("type")), None, None
-    return body.decode("utf-8", "replace"), None, None, None
-
-
-def _text(value: object) -> str | None:
-    return None if value is None else str(value)[:200]
-
-
-def error_from_status(
-    status: int,
-    headers: Mapping[str, str],
-    message: str,
-    kind: str | None,
-    param: str | None,
-    code: str | None,
-    upstream: str,
-    secrets: tuple[str, ...],
-) -> GatewayError:
-    """The gateway's answer to an upstream's non-2xx status (shared by every provider)."""
-    message = redact(message, secrets)[:MAX_ERROR_MESSAGE]  # redact first: a cut key hides
-    if status in _PASSED_THROUGH:
-        rejected = UpstreamRejected(message, param=param, code=code, status=status)
-        if kind:
-            rejected.type = kind
-        return rejected
-    if status in (401, 403):
-        return UpstreamError(
-            f"upstream '{upstream}' refused the gateway's credentials ({status})",
-            code="upstream_auth_failed",
-        )
-    if status == 429:
-        retry = {k: headers[k] for k in ("retry-after", "retry-after-ms") if k in headers}
-        return RateLimited(f"upstream '{upstream}' is rate limited: {message}", headers=retry)
-    if status in (408, 504):
-        return UpstreamTimeout(f"upstream '{upstream}' timed out ({status})")
-    if status in (503, 529):
-        return UpstreamError(
-            f"upstream '{upstream}' is overloaded ({status}): {message}",
-            status=503,
-            code="upstream_overloaded",
-        )
-    return UpstreamError(f"upstream '{upstream}' failed with status {status}: {message}")
 
 
 OPENAI = OpenAITranslator()

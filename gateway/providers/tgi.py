@@ -3,7 +3,8 @@
 Chat goes to `POST {base_url}/v1/chat/completions` (base_url without `/v1`), health is
 `GET /health` and the served model is `GET /info`'s `model_id`. The request is rebuilt from the
 fields TGI's `ChatRequest` has, so nothing TGI would silently ignore reaches it; the answer is
-the OpenAI reader's (`openai.py`) after TGI's departures from OpenAI are repaired. Quirks, from
+the OpenAI reader's (`openai.py`) after TGI's departures from OpenAI are repaired
+(`tgi_responses.py`). Quirks, from
 the Messages API guide (https://huggingface.co/docs/text-generation-inference/messages_api), the
 API reference (https://huggingface.github.io/text-generation-inference/) and the router source
 (https://github.com/huggingface/text-generation-inference/blob/main/router/src/server.rs,
@@ -54,18 +55,17 @@ from typing import Any
 import orjson
 
 from gateway.config import Target, UpstreamConfig
-from gateway.errors import GatewayError, InvalidRequest, StreamInterrupted, UpstreamError
-from gateway.logs import redact
-from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
-from gateway.providers.base import UpstreamRequest, request_body
-from gateway.providers.openai import (
-    MAX_ERROR_MESSAGE,
+from gateway.errors import GatewayError, InvalidRequest, UpstreamError
+from gateway.openai_types import ChatCompletion, ChatRequest
+from gateway.providers.base import (
     USER_AGENT,
+    UpstreamRequest,
     error_details,
     error_from_status,
-    normalize_completion,
+    json_object,
+    request_body,
 )
-from gateway.sse import SSEDecoder
+from gateway.providers.tgi_responses import TGIStreamDecoder, to_openai_completion
 
 PROVIDER = "tgi"
 # Fields of TGI's ChatRequest (router/src/lib.rs); anything else would be ignored by TGI.
@@ -102,9 +102,7 @@ UNSUPPORTED = (
     "function_call",
 )
 _PART_TYPES = ("text", "image_url")
-_STOP_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "stop": "stop"}
-# TGI error_type -> what the gateway answers (status 422 ones are the client's, see parse_error).
-_OVERLOADED = "overloaded"
+_OVERLOADED = "overloaded"  # TGI's error_type when its queue is full
 
 
 class TGITranslator:
@@ -159,17 +157,7 @@ class TGITranslator:
         return headers
 
     def parse_response(self, body: bytes, request: ChatRequest, upstream: str) -> ChatCompletion:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError(f"upstream '{upstream}' returned a body that is not JSON") from None
-        if isinstance(data, dict):
-            if not data.get("id"):
-                data["id"] = request.id
-            for choice in data.get("choices") or ():
-                if isinstance(choice, dict):
-                    _repair_choice(choice, upstream)
-        return normalize_completion(data, upstream)
+        return to_openai_completion(json_object(body, "a body", upstream), request, upstream)
 
     def parse_error(
         self,
@@ -202,11 +190,7 @@ class TGITranslator:
 
     def parse_models(self, body: bytes) -> tuple[str, ...]:
         """`{"model_id": "...", ...}`: TGI serves exactly one model."""
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise UpstreamError("the model info is not JSON") from None
-        model = data.get("model_id") if isinstance(data, dict) else None
+        model = json_object(body, "an /info body").get("model_id")
         if not isinstance(model, str):
             raise UpstreamError("the model info has no model_id")
         return (model,)
@@ -272,196 +256,6 @@ def to_tgi_grammar(response_format: object) -> dict[str, Any] | None:
         schema = spec.get("schema") if isinstance(spec, dict) else None
         return {"type": "json", "value": schema if isinstance(schema, dict) else {}}
     return response_format  # TGI's own {"type": "json"|"regex", "value": ...}
-
-
-# ------------------------------------------------------------------- responses
-
-
-def _arguments(value: object) -> str:
-    """TGI sends tool arguments as a JSON object; OpenAI as JSON text."""
-    if isinstance(value, str):
-        return value
-    return orjson.dumps(value if value is not None else {}).decode()
-
-
-def _repair_choice(choice: dict[str, Any], upstream: str) -> None:
-    message = choice.get("message")
-    calls = message.get("tool_calls") if isinstance(message, dict) else None
-    if isinstance(calls, list):
-        for index, call in enumerate(calls):
-            function = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(function, dict):
-                raise UpstreamError(f"upstream '{upstream}' returned a malformed tool call")
-            if not call.get("id"):
-                call["id"] = f"call_{index}"
-            function.pop("description", None)
-            function["arguments"] = _arguments(function.get("arguments"))
-    choice["finish_reason"] = finish_reason(choice.get("finish_reason"), bool(calls))
-
-
-def finish_reason(reported: object, has_calls: bool) -> str:
-    """TGI's reason in OpenAI's words; "tool_calls" whenever the answer holds a call."""
-    reason = _STOP_REASONS.get(str(reported), str(reported)) if reported else "stop"
-    if has_calls and reason != "length":
-        return "tool_calls"
-    return reason
-
-
-class TGIStreamDecoder:
-    """TGI's chunk stream in, the gateway's chunk contract out (see the module docstring)."""
-
-    def __init__(self, request: ChatRequest, upstream: str, secrets: tuple[str, ...]) -> None:
-        self._sse = SSEDecoder()
-        self._request = request
-        self._upstream = upstream
-        self._secrets = secrets
-        self._base: dict[str, Any] | None = None
-        self._started = False
-        self._calls: dict[int, bool] = {}  # upstream index -> announced
-        self._reason: str | None = None
-        self._finished = False
-        self.done = False
-        self.usage: Usage | None = None
-
-    def feed(self, data: bytes) -> list[ChatCompletionChunk]:
-        chunks: list[ChatCompletionChunk] = []
-        for event in self._sse.feed(data):
-            if self.done:
-                continue
-            if event.data == b"[DONE]":
-                self.done = True
-                chunks.extend(self._end())
-                continue
-            chunks.extend(self._chunk(self._load(event.data)))
-        return chunks
-
-    def close(self) -> list[ChatCompletionChunk]:
-        if self.done:
-            return []
-        if not self._finished:
-            raise StreamInterrupted(
-                f"upstream '{self._upstream}' closed the stream before it finished"
-            )
-        self.done = True
-        return self._end()
-
-    def _load(self, raw: bytes) -> dict[str, Any]:
-        try:
-            event = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise StreamInterrupted(
-                f"upstream '{self._upstream}' sent a stream event that is not JSON"
-            ) from None
-        if not isinstance(event, dict):
-            raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed event")
-        if "error" in event:
-            message, kind, _, code = error_details(raw)
-            raise StreamInterrupted(
-                f"upstream '{self._upstream}' failed mid-stream: "
-                + redact(message, self._secrets)[:MAX_ERROR_MESSAGE],
-                code=code or kind or "stream_interrupted",
-            )
-        if not isinstance(event.get("choices"), list):
-            raise StreamInterrupted(f"upstream '{self._upstream}' sent a chunk without choices")
-        return event
-
-    def _make(
-        self, delta: dict[str, Any], reason: str | None = None, logprobs: object = None
-    ) -> ChatCompletionChunk:
-        base = self._base or self._fallback_base()
-        choice = {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": reason}
-        chunk: dict[str, Any] = {**base, "choices": [choice]}
-        if self._request.include_usage:
-            chunk["usage"] = None  # OpenAI's rule: every chunk but the usage one says null
-        return chunk  # type: ignore[return-value]  # built to spec
-
-    def _fallback_base(self) -> dict[str, Any]:
-        return {
-            "id": self._request.id,
-            "object": "chat.completion.chunk",
-            "created": self._request.created,
-            "model": "",
-        }
-
-    def _chunk(self, event: dict[str, Any]) -> list[ChatCompletionChunk]:
-        if self._base is None:
-            created = event.get("created")
-            self._base = {
-                "id": event.get("id") or self._request.id,
-                "object": "chat.completion.chunk",
-                "created": created if isinstance(created, int) else self._request.created,
-                "model": event.get("model") if isinstance(event.get("model"), str) else "",
-            }
-            if isinstance(event.get("system_fingerprint"), str):
-                self._base["system_fingerprint"] = event["system_fingerprint"]
-        usage = event.get("usage")
-        if usage is not None:
-            if not isinstance(usage, dict):
-                raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed usage")
-            prompt, completion = usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)
-            usage.setdefault("total_tokens", prompt + completion)
-            self.usage = usage  # type: ignore[assignment]  # an object, completed above
-        out: list[ChatCompletionChunk] = []
-        for choice in event["choices"]:
-            if not isinstance(choice, dict) or not isinstance(choice.get("delta", {}), dict):
-                raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed choice")
-            if self._finished:
-                continue  # nothing may follow the finish chunk
-            delta = choice.get("delta") or {}
-            if not self._started:
-                self._started = True
-                # OpenAI opens a tool-call answer with `content: null`, a text one with "".
-                opening = None if delta.get("tool_calls") else ""
-                out.append(self._make({"role": "assistant", "content": opening}))
-            logprobs = choice.get("logprobs")
-            content = delta.get("content")
-            if isinstance(content, str) and content:
-                out.append(self._make({"content": content}, logprobs=logprobs))
-            for call in delta.get("tool_calls") or ():
-                out.extend(self._call_deltas(call))
-            if choice.get("finish_reason"):
-                out.append(self._finish(choice["finish_reason"]))
-        return out
-
-    def _call_deltas(self, call: object) -> list[ChatCompletionChunk]:
-        if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
-            raise StreamInterrupted(f"upstream '{self._upstream}' sent a malformed tool call")
-        index = call.get("index", 0)
-        index = index if isinstance(index, int) else 0
-        function = call.get("function") or {}
-        fragment = function.get("arguments")
-        fragment = fragment if isinstance(fragment, str) else _arguments(fragment)
-        out: list[ChatCompletionChunk] = []
-        if index not in self._calls:
-            self._calls[index] = True
-            announce = {
-                "index": index,
-                "id": call.get("id") or f"call_{index}",
-                "type": "function",
-                "function": {"name": function.get("name") or "", "arguments": ""},
-            }
-            out.append(self._make({"tool_calls": [announce]}))
-        if fragment:
-            delta = {"tool_calls": [{"index": index, "function": {"arguments": fragment}}]}
-            out.append(self._make(delta))
-        return out
-
-    def _finish(self, reported: object) -> ChatCompletionChunk:
-        self._finished = True
-        return self._make({}, finish_reason(reported, bool(self._calls)))
-
-    def _end(self) -> list[ChatCompletionChunk]:
-        """At `[DONE]` (or a clean end): the finish chunk if TGI sent none, then usage."""
-        out: list[ChatCompletionChunk] = []
-        if not self._started:
-            self._started = True
-            out.append(self._make({"role": "assistant", "content": ""}))
-        if not self._finished:
-            out.append(self._finish(None))
-        if self._request.include_usage and self.usage is not None:
-            base = self._base or self._fallback_base()
-            out.append({**base, "choices": [], "usage": self.usage})  # type: ignore[typeddict-item]
-        return out
 
 
 TGI = TGITranslator()

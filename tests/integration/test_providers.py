@@ -20,9 +20,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
+from gateway.config import UpstreamConfig
+from gateway.providers import TRANSLATORS
+from gateway.providers.base import UpstreamRequest
 from tests.conftest import GatewayServer
 from tests.fakes.anthropic_upstream import FakeAnthropic
 from tests.fakes.azure_upstream import FakeAzure
@@ -97,6 +101,7 @@ class Case:
     stop: Callable[[Json], Json]  # the stop sequences the upstream received
     max_tokens: Callable[[Json], Json]  # the output limit the upstream received
     image: Callable[[Json], bool]  # the upstream received PNG_DATA as image data
+    honours_logit_bias: bool = False  # else `logit_bias` is a 400, or dropped on request
 
 
 def _openai_format(
@@ -112,6 +117,7 @@ def _openai_format(
         stop=lambda body: body.get("stop"),
         max_tokens=lambda body: body.get("max_completion_tokens") or body.get("max_tokens"),
         image=lambda body: PNG in _dump(body["messages"]),
+        honours_logit_bias=provider != "tgi",
     )
 
 
@@ -178,6 +184,10 @@ class Served:
     fake: FakeUpstream
     gateway: GatewayServer
 
+    @property
+    def upstream(self) -> UpstreamConfig:
+        return self.gateway.config.upstreams["up"]
+
 
 @pytest.fixture(scope="module", params=list(CASES))
 def served(request: pytest.FixtureRequest) -> Iterator[Served]:
@@ -188,8 +198,11 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
         if case.keyed:
             upstream["api_key"] = UPSTREAM_KEY
         config = {
-            "upstreams": {"up": upstream},
-            "models": {"m": [{"upstream": "up", "model": case.upstream_model}]},
+            "upstreams": {"up": upstream, "lenient": {**upstream, "drop_unsupported": True}},
+            "models": {
+                "m": [{"upstream": "up", "model": case.upstream_model}],
+                "m-lenient": [{"upstream": "lenient", "model": case.upstream_model}],
+            },
         }
         with serve(config) as gateway:
             yield Served(case, fake, gateway)
@@ -212,6 +225,14 @@ class Provider:
     @property
     def records(self) -> list[RecordedRequest]:
         return self.fake.chat_requests
+
+
+@pytest.fixture
+def served_view(served: Served) -> Iterator[Served]:
+    """`served`, with this test's requests checked to be over at its end."""
+    view = FakeView(served.fake)
+    yield served
+    view.finish()
 
 
 @pytest.fixture
@@ -496,3 +517,49 @@ def test_stream_cut_midway(provider: Provider) -> None:
 
     assert received, "the stream should have been cut after content began"
     assert "".join(received) != "one two three four five six seven"  # never passed off as whole
+
+
+# ------------------------------------------------------------------- parameters and probes
+
+
+def test_a_parameter_the_provider_cannot_honour_is_a_400_or_dropped_on_request(
+    provider: Provider,
+) -> None:
+    bias = {"50256": -100}
+    if provider.case.honours_logit_bias:
+        chat(provider, logit_bias=bias)
+        assert provider.last_request()["logit_bias"] == bias
+        return
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(provider, logit_bias=bias)
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["param"] == "logit_bias"
+    assert error["code"] == "unsupported_parameter"
+    assert f"provider {provider.case.provider}" in error["message"]
+    assert provider.records == []  # refused before any upstream call
+
+    provider.fake.script(Reply(content="Dropped it."))
+    lenient = provider.client.chat.completions.create(
+        model="m-lenient", messages=HELLO, logit_bias=bias
+    )
+    assert lenient.choices[0].message.content == "Dropped it."
+    assert "logit_bias" not in _dump(provider.last_request())
+
+
+def _send(request: UpstreamRequest) -> httpx.Response:
+    return httpx.request(request.method, request.url, headers=dict(request.headers), timeout=5)
+
+
+def test_health_probe_and_model_listing_speak_the_providers_format(served_view: Served) -> None:
+    served = served_view
+    translator = TRANSLATORS[served.case.provider]
+
+    probe = _send(translator.health_probe(served.upstream))
+    listing = _send(translator.models_request(served.upstream))
+
+    assert probe.status_code == 200, probe.text
+    assert listing.status_code == 200, listing.text
+    assert set(translator.parse_models(listing.content)) >= set(served.fake.models[:1])
+    assert served.fake.models  # a listing of nothing would prove nothing

@@ -1,7 +1,7 @@
 """The shipped gateway.yaml, as README's two-command quick start serves it: no key anywhere.
 
-Loaded with `parse_config` from an environment without OPENAI_API_KEY, so `openai` is
-unconfigured and the models that list it first fall back to the built-in mock.
+Loaded with `parse_config` from an environment without provider keys, so `openai`, `claude`
+and `gemini` are unconfigured and the models that list them first fall back to the mock.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ LOOKUP_TOOL: Any = {
 def shipped() -> Iterator[GatewayServer]:
     from gateway.config import parse_config
 
-    environ = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    keys = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY")
+    environ = {k: v for k, v in os.environ.items() if k not in keys}
     config = parse_config(SHIPPED.read_text(encoding="utf-8"), str(SHIPPED), environ)
     with serve(config) as gateway:
         yield gateway
@@ -50,7 +51,22 @@ def client(shipped: GatewayServer, sdk: MakeSDK) -> openai.OpenAI:
 
 
 def test_shipped_config_lists_its_models(client: openai.OpenAI):
-    assert [m.id for m in client.models.list()] == ["mock-1", "gpt-4o-mini", "gpt-4o", "local"]
+    assert [m.id for m in client.models.list()] == [
+        "mock-1",
+        "gpt-4o-mini",
+        "gpt-4o",
+        "claude-sonnet-4-5",
+        "gemini-2.5-flash",
+        "local",
+    ]
+
+
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", "gemini-2.5-flash"])
+def test_keyless_provider_models_fall_back_to_the_mock(client: openai.OpenAI, model: str):
+    raw = client.chat.completions.with_raw_response.create(model=model, messages=HELLO)
+
+    assert raw.headers["x-gateway-upstream"] == "mock"  # claude/gemini unconfigured: skipped
+    assert raw.parse().choices[0].message.content
 
 
 def test_mock_1_plain(client: openai.OpenAI):

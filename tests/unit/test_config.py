@@ -38,12 +38,28 @@ def errors_of(text: str, environ: dict[str, str] | None = None) -> list[str]:
 # ---------------------------------------------------------------- the shipped config
 
 
-def test_shipped_config_is_valid_and_leaves_openai_unconfigured_without_a_key():
+def test_shipped_config_is_valid_and_leaves_keyed_upstreams_unconfigured_without_keys():
     config = parse_config(SHIPPED.read_text(encoding="utf-8"), source="gateway.yaml", environ={})
 
     assert config.source == "gateway.yaml"
-    assert set(config.upstreams) == {"mock", "openai", "local"}
-    assert set(config.models) == {"mock-1", "gpt-4o-mini", "gpt-4o", "local"}
+    assert set(config.upstreams) == {"mock", "openai", "claude", "gemini", "local"}
+    assert set(config.models) == {
+        "mock-1",
+        "gpt-4o-mini",
+        "gpt-4o",
+        "claude-sonnet-4-5",
+        "gemini-2.5-flash",
+        "local",
+    }
+    assert [u.provider for u in config.upstreams.values()] == [
+        "mock",
+        "openai",
+        "anthropic",
+        "gemini",
+        "openai",
+    ]
+    assert not config.upstreams["claude"].configured
+    assert not config.upstreams["gemini"].configured
     openai = config.upstreams["openai"]
     assert openai.provider == "openai"
     assert openai.base_url == "https://api.openai.com/v1"

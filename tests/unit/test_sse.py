@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import orjson
 import pytest
 
-from gateway.sse import DONE, KEEPALIVE, SSEDecoder, SSEEvent, encode_event
+from gateway.sse import DONE, KEEPALIVE, NDJSONDecoder, SSEDecoder, SSEEvent, encode_event
 
 # One stream with every feature the decoder handles; `\n` is replaced by each line end below.
 LINES = [
@@ -232,3 +232,22 @@ def test_encoded_events_concatenate_into_a_stream():
 
     assert [orjson.loads(e.data) for e in events[:-1]] == PAYLOADS
     assert events[-1].data == b"[DONE]"
+
+
+def test_ndjson_lines_come_whole_whatever_the_reads():
+    stream = '{"a": "é"}\n\n{"b": 2}\n'.encode()
+    for size in range(1, len(stream) + 1):
+        decoder = NDJSONDecoder()
+        lines: list[bytes] = []
+        for start in range(0, len(stream), size):
+            lines += decoder.feed(stream[start : start + size])
+
+        assert lines == ['{"a": "é"}'.encode(), b'{"b": 2}']
+        assert not decoder.pending
+
+
+def test_ndjson_keeps_a_partial_line_pending():
+    decoder = NDJSONDecoder()
+
+    assert decoder.feed(b'{"done": tr') == []
+    assert decoder.pending

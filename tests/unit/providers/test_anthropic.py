@@ -1,4 +1,5 @@
-"""gateway/providers/anthropic.py: OpenAI requests out as Messages requests, Messages back.
+"""gateway/providers/anthropic.py (and anthropic_requests.py, anthropic_responses.py): OpenAI
+requests out as Messages requests, Messages (and their streams) back.
 
 Every request built here is also held to the fake Anthropic's rules (what the real API refuses),
 and every completion and chunk to OpenAI's schemas.
@@ -23,12 +24,9 @@ from gateway.errors import (
 )
 from gateway.openai_types import ChatRequest, parse_chat_request
 from gateway.providers import TRANSLATORS
-from gateway.providers.anthropic import (
-    ANTHROPIC,
-    OPENING,
-    RESPONSE_TOOL,
-    AnthropicStreamDecoder,
-)
+from gateway.providers.anthropic import ANTHROPIC, RESPONSE_TOOL
+from gateway.providers.anthropic_requests import OPENING
+from gateway.providers.anthropic_responses import AnthropicStreamDecoder
 from gateway.providers.base import UpstreamRequest
 from tests import spec
 from tests.fakes.anthropic_upstream import (
@@ -68,6 +66,12 @@ def chat(messages: list[dict[str, Any]] | None = None, **fields: Any) -> ChatReq
         **fields,
     }
     return parse_chat_request(json.dumps(body).encode(), request_id="abc", created=1700000000)
+
+
+def calling(arguments: str = "{}") -> dict[str, Any]:
+    """An assistant message that calls function `f` once, with call id `c`."""
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    return {"role": "assistant", "tool_calls": [call]}
 
 
 def problems_of(outgoing: UpstreamRequest) -> list[str]:
@@ -428,17 +432,7 @@ def test_an_empty_tool_result_has_no_content():
         chat(
             [
                 {"role": "user", "content": "go"},
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "c",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": "{}"},
-                        }
-                    ],
-                },
+                calling(),
                 {"role": "tool", "tool_call_id": "c", "content": ""},
             ]
         )
@@ -464,16 +458,7 @@ def test_an_empty_tool_result_has_no_content():
         pytest.param(
             [
                 {"role": "user", "content": "go"},
-                {
-                    "role": "assistant",
-                    "tool_calls": [
-                        {
-                            "id": "c",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": "{}"},
-                        }
-                    ],
-                },
+                calling(),
                 {"role": "user", "content": "never mind"},
             ],
             "messages[1].tool_calls",
@@ -482,16 +467,7 @@ def test_an_empty_tool_result_has_no_content():
         pytest.param(
             [
                 {"role": "user", "content": "go"},
-                {
-                    "role": "assistant",
-                    "tool_calls": [
-                        {
-                            "id": "c",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": "{}"},
-                        }
-                    ],
-                },
+                calling(),
             ],
             "messages[1].tool_calls",
             id="call-at-the-end",
@@ -499,16 +475,7 @@ def test_an_empty_tool_result_has_no_content():
         pytest.param(
             [
                 {"role": "user", "content": "go"},
-                {
-                    "role": "assistant",
-                    "tool_calls": [
-                        {
-                            "id": "c",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": "[1]"},
-                        }
-                    ],
-                },
+                calling("[1]"),
                 {"role": "tool", "tool_call_id": "c", "content": "x"},
             ],
             "messages[1].tool_calls[0].function.arguments",

@@ -24,7 +24,8 @@ from gateway.errors import (
     to_openai_error,
 )
 from gateway.openai_types import ChatRequest, parse_chat_request
-from gateway.providers.ollama import OLLAMA, OllamaStreamDecoder, call_id
+from gateway.providers.ollama import OLLAMA
+from gateway.providers.ollama_responses import OllamaStreamDecoder, call_id
 from gateway.sse import DONE, encode_event
 from tests import spec
 from tests.fakes.ollama_upstream import CHAT_PATH, TAGS_PATH, OllamaDialect, error_line

@@ -21,12 +21,11 @@ from gateway.errors import (
     to_openai_error,
 )
 from gateway.openai_types import ChatRequest, parse_chat_request
+from gateway.providers.base import MAX_ERROR_MESSAGE, error_details
 from gateway.providers.openai import (
-    MAX_ERROR_MESSAGE,
     MOCK_BASE_URL,
     OPENAI,
     OpenAIStreamDecoder,
-    error_details,
     normalize_completion,
 )
 from tests import spec
