@@ -75,7 +75,7 @@ import orjson
 from gateway.config import Target, UpstreamConfig
 from gateway.errors import GatewayError, InvalidRequest
 from gateway.openai_types import ChatCompletion, ChatRequest
-from gateway.providers.anthropic_requests import to_anthropic_requests
+from gateway.providers.anthropic_requests import to_anthropic_messages
 from gateway.providers.anthropic_responses import AnthropicStreamDecoder, to_openai_completion
 from gateway.providers.base import (
     USER_AGENT,
@@ -142,7 +142,7 @@ class AnthropicTranslator:
         body = request_body(
             request, upstream, PROVIDER, unsupported=_UNSUPPORTED, unsupported_if=_unfit(request)
         )
-        system, messages = to_anthropic_requests(body["messages"])
+        system, messages = to_anthropic_messages(body["messages"])
         out: dict[str, object] = {"model": target.model}
         if system:
             out["system"] = system

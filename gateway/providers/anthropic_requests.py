@@ -31,7 +31,7 @@ class _Pending:
     ids: list[str]
 
 
-def to_anthropic_requests(
+def to_anthropic_messages(
     messages: list[dict[str, Any]],
 ) -> tuple[list[dict[str, object]], list[dict[str, Any]]]:
     """OpenAI messages as Anthropic's (system blocks, alternating turns). Raises InvalidRequest."""

@@ -127,7 +127,8 @@ def request_body(
     for name in upstream.drop_params:
         body.pop(name, None)
     refused = {name: "" for name in unsupported if body.get(name) is not None}
-    refused.update((name, why) for name, why in (unsupported_if or {}).items() if name in body)
+    if unsupported_if:
+        refused.update((name, why) for name, why in unsupported_if.items() if name in body)
     for name, why in refused.items():
         if upstream.drop_unsupported:
             del body[name]
