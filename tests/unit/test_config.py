@@ -679,3 +679,21 @@ def test_provider_keys_of_the_contract():
     assert vllm.drop_params == ("logit_bias", "service_tier")
     assert vllm.drop_unsupported is True
     assert config.upstreams["claude"].drop_unsupported is False  # the default: refuse
+
+
+def test_the_issues_provider_config_shape_is_accepted_as_written():
+    text = (Path(__file__).parent.parent / "data" / "providers.yaml").read_text(encoding="utf-8")
+    environ = {"ANTHROPIC_API_KEY": "a", "GEMINI_API_KEY": "g", "AZURE_OPENAI_API_KEY": "z"}
+
+    config = parse_config(text, source="providers.yaml", environ=environ)
+
+    providers = {name: u.provider for name, u in config.upstreams.items()}
+    assert providers == {
+        "claude": "anthropic",
+        "gemini": "gemini",
+        "ollama": "ollama",
+        "tgi": "tgi",
+        "azure": "azure",
+    }
+    assert config.upstreams["azure"].api_version == "2024-10-21"
+    assert config.models["prod"][0].model == "my-deployment"  # for Azure: the deployment
