@@ -9,6 +9,7 @@ traceback goes to the log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -133,9 +134,13 @@ def create_app(
                 ),
             },
         )
+        probes = asyncio.get_running_loop().create_task(opened.prober.run(), name="health")
         try:
             yield
         finally:
+            probes.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probes
             await opened.aclose()
 
     routes = [

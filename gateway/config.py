@@ -24,6 +24,7 @@ import yaml
 PROVIDERS = ("openai", "azure", "anthropic", "gemini", "ollama", "tgi", "mock")
 Provider = Literal["openai", "azure", "anthropic", "gemini", "ollama", "tgi", "mock"]
 Transport = Literal["native", "httpx"]
+Balancing = Literal["weighted", "least_in_flight"]
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
@@ -75,6 +76,9 @@ class ServerConfig(_Settings, frozen=True):
     request_timeout: PositiveFloat = 600.0
     # Seconds of upstream silence after which an open stream gets an SSE `:` comment; 0 = never.
     sse_keepalive: NonNegativeFloat = 15.0
+    # How targets of equal priority share requests: at random by `weight`, or to the one with
+    # the fewest requests in flight (ties by weight).
+    load_balancing: Balancing = "weighted"
 
 
 class Timeouts(_Settings, frozen=True):
@@ -82,6 +86,42 @@ class Timeouts(_Settings, frozen=True):
     read: PositiveFloat = 60.0
     write: PositiveFloat = 10.0
     pool: PositiveFloat = 5.0
+    # A stream's wait for its first event, per attempt (None: only `read` and the deadline).
+    first_byte: PositiveFloat | None = None
+
+
+class RateLimit(_Settings, frozen=True):
+    """Every limit is optional: absent = unlimited."""
+
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    max_concurrent: PositiveInt | None = None
+    # Seconds a request may wait for capacity before the chain moves on (or 429).
+    max_wait: NonNegativeFloat = 0.5
+    # Requests that may wait at once; more are refused at once.
+    max_waiters: PositiveInt = 1000
+
+
+class BreakerSettings(_Settings, frozen=True):
+    fail_max: PositiveInt = 5  # consecutive upstream failures that open the breaker
+    reset_timeout: PositiveFloat = 30.0  # seconds open before trial requests
+    half_open_max_calls: PositiveInt = 1  # trial requests at once while half-open
+
+
+class RetrySettings(_Settings, frozen=True):
+    attempts: PositiveInt = 1  # tries of the same upstream per request (1: no retry)
+    backoff_base: NonNegativeFloat = 0.2  # seconds; full jitter over base * 2**retry
+    backoff_max: NonNegativeFloat = 5.0
+    # Retries in the last 10 s may be this share of the requests of those 10 s, and at least
+    # `min_retries`: an outage costs the upstream 20% more requests, not `attempts` times.
+    budget: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.2
+    min_retries: Annotated[int, msgspec.Meta(ge=0)] = 3
+
+
+class HealthSettings(_Settings, frozen=True):
+    interval: NonNegativeFloat = 30.0  # seconds between probes; 0 turns probing off
+    failure_threshold: PositiveInt = 3  # consecutive failed probes that make it unhealthy
+    timeout: PositiveFloat = 5.0  # seconds a probe may take
 
 
 class PoolLimits(_Settings, frozen=True):
@@ -94,6 +134,7 @@ class UpstreamConfig(_Settings, frozen=True):
     provider: Provider
     base_url: str | None = None
     api_key: Secret | None = None
+    enabled: bool = True
     headers: dict[str, str] = msgspec.field(default_factory=dict)
     timeouts: Timeouts = Timeouts()
     pool: PoolLimits = PoolLimits()
@@ -114,6 +155,10 @@ class UpstreamConfig(_Settings, frozen=True):
     max_tokens: dict[str, PositiveInt] = msgspec.field(default_factory=dict)
     # azure only: the `api-version` query parameter.
     api_version: str = "2024-10-21"
+    rate_limit: RateLimit | None = None
+    breaker: BreakerSettings = BreakerSettings()
+    retry: RetrySettings = RetrySettings()
+    health: HealthSettings = HealthSettings()
 
     @property
     def configured(self) -> bool:
@@ -124,6 +169,13 @@ class UpstreamConfig(_Settings, frozen=True):
 class Target(_Settings, frozen=True):
     upstream: str
     model: str
+    # Lower numbers first; targets of equal priority share load by `weight`. Default: the
+    # target's 1-based position in its list, so a plain list is an ordered fallback chain.
+    priority: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    weight: PositiveFloat = 1.0
+    # A client's context-length error moves on to this target (one with a larger window)
+    # instead of being returned at once.
+    larger_context: bool = False
 
 
 class Config(_Settings, frozen=True):

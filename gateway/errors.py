@@ -31,6 +31,8 @@ class GatewayError(Exception):
     fallback: ClassVar[bool] = False
     # The OpenAI SDKs honour `x-should-retry`; retrying a request the client got wrong cannot help.
     retryable: bool = True
+    # The HTTP status the upstream answered with, when this error is its answer (logs, headers).
+    upstream_status: int | None = None
 
     def __init__(
         self,

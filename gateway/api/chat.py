@@ -29,6 +29,7 @@ from gateway.errors import (
 )
 from gateway.logs import request_id_of
 from gateway.openai_types import ChatCompletionChunk, ChatRequest, parse_chat_request
+from gateway.resilience.retry import Deadline, requested_timeout
 from gateway.runtime import Runtime
 from gateway.sse import DONE, KEEPALIVE
 
@@ -113,12 +114,15 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
         )
         record.update(model=request.model, stream=request.stream)
         rt.routes.chain_for(request.model)  # an unknown model is a 404 before any work
+        deadline = Deadline(_timeout(scope, rt.config.server.request_timeout))
         handler = _stream if request.stream else _complete
-        await handler(request, rt, receive, send, record, id_header)
+        await handler(request, rt, deadline, receive, send, record, id_header)
     except ClientDisconnected:
         record.update(status=499, error="client_disconnected")
     except GatewayError as exc:
         record.update(status=exc.status, error=exc.code)
+        if "x-gateway-attempts" in exc.headers:
+            record["attempts"] = exc.headers["x-gateway-attempts"]
         await send_error(send, exc, id_header)
     except Exception:
         log.exception("unexpected error", extra={"request_id": request_id})
@@ -131,6 +135,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
 async def _complete(
     request: ChatRequest,
     rt: Runtime,
+    deadline: Deadline,
     receive: Receive,
     send: Send,
     record: dict[str, object],
@@ -138,10 +143,10 @@ async def _complete(
 ) -> None:
     watch = _DisconnectWatch(receive)
     try:
-        async with asyncio.timeout(rt.config.server.request_timeout):
-            completion, served = await pipeline.complete(request, rt)
+        async with asyncio.timeout(deadline.remaining()):
+            completion, served = await pipeline.complete(request, rt, deadline)
     except TimeoutError:
-        raise _deadline(rt) from None
+        raise _deadline(deadline) from None
     except asyncio.CancelledError:
         if watch.disconnected():
             record.update(status=499, error="client_disconnected")
@@ -151,7 +156,10 @@ async def _complete(
         watch.stop()
     payload = orjson.dumps(completion)
     record.update(
-        status=200, upstream=served.upstream, upstream_request_id=served.upstream_request_id
+        status=200,
+        upstream=served.upstream,
+        upstream_request_id=served.upstream_request_id,
+        attempts=served.attempts,
     )
     usage = completion.get("usage")
     if usage:
@@ -171,6 +179,7 @@ async def _complete(
 async def _stream(
     request: ChatRequest,
     rt: Runtime,
+    deadline: Deadline,
     receive: Receive,
     send: Send,
     record: dict[str, object],
@@ -182,12 +191,14 @@ async def _stream(
     stream: pipeline.Stream | None = None
     began = time.perf_counter()
     try:
-        async with asyncio.timeout(server.request_timeout):
+        async with asyncio.timeout(deadline.remaining()):
             try:
-                stream = await pipeline.open_stream(request, rt)
+                stream = await pipeline.open_stream(request, rt, deadline)
                 served = stream.served
                 record.update(
-                    upstream=served.upstream, upstream_request_id=served.upstream_request_id
+                    upstream=served.upstream,
+                    upstream_request_id=served.upstream_request_id,
+                    attempts=served.attempts,
                 )
                 headers = [*_SSE_HEADERS, *_served_headers(served), id_header]
                 await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -219,7 +230,7 @@ async def _stream(
     except (GatewayError, TimeoutError) as exc:
         if keepalive is not None:
             await keepalive.stop()
-        error = exc if isinstance(exc, GatewayError) else _deadline(rt)
+        error = exc if isinstance(exc, GatewayError) else _deadline(deadline)
         if record["status"] != 200:
             raise error from None
         # After the first byte the status is sent: the error becomes the stream's last event.
@@ -243,18 +254,28 @@ def _more(body: bytes) -> Message:
 
 
 def _served_headers(served: pipeline.Served) -> list[tuple[bytes, bytes]]:
-    headers = [(b"x-gateway-upstream", served.upstream.encode())]
+    headers = [
+        (b"x-gateway-upstream", served.upstream.encode()),
+        (b"x-gateway-attempts", served.attempts.encode()),
+    ]
     upstream_id = served.upstream_request_id
     if upstream_id and upstream_id.isprintable() and len(upstream_id) <= 200:
         headers.append((b"x-upstream-request-id", upstream_id.encode("latin-1", "replace")))
     return headers
 
 
-def _deadline(rt: Runtime) -> GatewayError:
-    seconds = rt.config.server.request_timeout
+def _deadline(deadline: Deadline) -> GatewayError:
     return UpstreamTimeout(
-        f"the request did not finish within the gateway's deadline ({seconds:g} s)"
+        f"the request did not finish within its deadline ({deadline.seconds:g} s)"
     )
+
+
+def _timeout(scope: Scope, default: float) -> float:
+    """The request's deadline in seconds: `x-gateway-timeout` may shorten the default."""
+    for key, value in scope["headers"]:
+        if key == b"x-gateway-timeout":
+            return requested_timeout({"x-gateway-timeout": value.decode("latin-1")}, default)
+    return default
 
 
 async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:

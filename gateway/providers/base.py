@@ -288,6 +288,21 @@ def error_from_status(
     secrets: tuple[str, ...],
 ) -> GatewayError:
     """The gateway's answer to an upstream's non-2xx status (shared by every provider)."""
+    error = _error_for(status, headers, message, kind, param, code, upstream, secrets)
+    error.upstream_status = status
+    return error
+
+
+def _error_for(
+    status: int,
+    headers: Mapping[str, str],
+    message: str,
+    kind: str | None,
+    param: str | None,
+    code: str | None,
+    upstream: str,
+    secrets: tuple[str, ...],
+) -> GatewayError:
     message = redact(message, secrets)[:MAX_ERROR_MESSAGE]  # redact first: a cut key hides
     if status in _PASSED_THROUGH:
         rejected = UpstreamRejected(message, param=param, code=code, status=status)

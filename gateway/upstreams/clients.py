@@ -1,7 +1,9 @@
 """The upstream HTTP clients: one pooled client per upstream, and the only place that builds them.
 
 `Clients.open()` (called by the app's lifespan) builds a client for every upstream on the
-running loop; `send()` is how everyone else talks to an upstream; `aclose()` closes every pool.
+running loop; `send()` is how everyone else talks to an upstream; `close()` and `reopen()` close
+and rebuild one upstream's client (the connection manager's disconnect and connect);
+`aclose()` closes every pool.
 Network errors become `GatewayError`s here, in one table, and nothing below this module knows
 which HTTP library is in use.
 
@@ -18,6 +20,7 @@ refused: an upstream key must only ever go to its configured host.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import zlib
 from collections.abc import AsyncIterator, Mapping
@@ -28,7 +31,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from gateway.config import UpstreamConfig
-from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
+from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from gateway.providers.base import UpstreamRequest
 from gateway.upstreams import http1
 from gateway.upstreams.mock import MockTransport
@@ -74,8 +77,16 @@ class _Client(Protocol):
 class Clients:
     """One client per upstream name. Build with `open()` inside a running event loop."""
 
-    def __init__(self, clients: dict[str, _Client]) -> None:
+    def __init__(
+        self,
+        clients: dict[str, _Client],
+        upstreams: Mapping[str, UpstreamConfig] | None = None,
+        transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    ) -> None:
         self._clients = clients
+        self._upstreams = dict(upstreams or {})  # what reopen() builds from
+        self._transports = dict(transports or {})
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
@@ -85,16 +96,11 @@ class Clients:
     ) -> Clients:
         """`transports` replaces the network for the named upstreams (tests)."""
         transports = transports or {}
-        clients: dict[str, _Client] = {}
-        for name, upstream in upstreams.items():
-            transport = transports.get(name)
-            if transport is None and upstream.provider == "mock":
-                transport = MockTransport(upstream)
-            if transport is not None or upstream.http2 or upstream.transport == "httpx":
-                clients[name] = _HttpxClient(name, upstream, transport)
-            else:
-                clients[name] = _NativeClient(name, upstream)
-        return cls(clients)
+        clients = {
+            name: _build(name, upstream, transports.get(name))
+            for name, upstream in upstreams.items()
+        }
+        return cls(clients, upstreams, transports)
 
     async def send(self, upstream: str, request: UpstreamRequest) -> UpstreamResponse:
         """Send `request` to `upstream`; returns once the status and headers are in.
@@ -107,8 +113,81 @@ class Clients:
     def pool_stats(self, upstream: str) -> PoolStats:
         return self._clients[upstream].pool_stats()
 
+    async def close(self, upstream: str, *, grace: float = 0.0) -> None:
+        """Close `upstream`'s client: from now on `send()` to it raises UpstreamUnavailable.
+
+        Requests already sent keep their connections for up to `grace` seconds to finish; then
+        the pool is closed, cutting whatever is still open (their reads raise UpstreamError).
+        Callers that must not cut anything drain first (`Prober.disconnect` does). Closing a
+        closed upstream does nothing.
+        """
+        old = self._clients[upstream]
+        if isinstance(old, _ClosedClient):
+            return
+        self._clients[upstream] = _ClosedClient(upstream, self._upstreams[upstream])
+        await _retire(old, grace)
+
+    async def reopen(self, upstream: str) -> None:
+        """Give `upstream` a fresh client, built from its config (and test transport) as
+        `open()` did. An open client it replaces is retired in the background: closed once its
+        requests in flight are done, after `RETIRE_GRACE` seconds at most, or at `aclose()`."""
+        old = self._clients[upstream]
+        config = self._upstreams[upstream]
+        self._clients[upstream] = _build(upstream, config, self._transports.get(upstream))
+        if not isinstance(old, _ClosedClient):
+            task = asyncio.create_task(_retire(old, RETIRE_GRACE), name=f"retire:{upstream}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
     async def aclose(self) -> None:
+        for task in self._retiring:
+            task.cancel()  # _retire closes its client on the way out
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         await asyncio.gather(*(c.aclose() for c in self._clients.values()))
+
+
+RETIRE_GRACE = 600.0  # seconds a replaced client's requests may run on (a long stream)
+_RETIRE_POLL = 0.05
+
+
+def _build(
+    name: str, upstream: UpstreamConfig, transport: httpx.AsyncBaseTransport | None
+) -> _Client:
+    if transport is None and upstream.provider == "mock":
+        transport = MockTransport(upstream)
+    if transport is not None or upstream.http2 or upstream.transport == "httpx":
+        return _HttpxClient(name, upstream, transport)
+    return _NativeClient(name, upstream)
+
+
+async def _retire(client: _Client, grace: float) -> None:
+    """Close `client` once its pool has no request in flight, or after `grace` seconds."""
+    try:
+        if grace > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    # A poll: the pools signal nothing when they go idle.
+                    while client.pool_stats().active:  # noqa: ASYNC110
+                        await asyncio.sleep(_RETIRE_POLL)
+    finally:
+        await client.aclose()
+
+
+class _ClosedClient:
+    """Stands in for a closed upstream's client: refuses every request without a network call."""
+
+    def __init__(self, name: str, upstream: UpstreamConfig) -> None:
+        self._name = name
+        self._max_connections = upstream.pool.max_connections
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        raise UpstreamUnavailable(f"upstream '{self._name}' is disconnected")
+
+    def pool_stats(self) -> PoolStats:
+        return PoolStats(0, 0, 0, self._max_connections)
+
+    async def aclose(self) -> None:
+        pass
 
 
 # ------------------------------------------------------------------- native

@@ -32,7 +32,9 @@ import httpx2
 import openai
 import pytest
 import yaml
+from starlette.types import ASGIApp
 
+from gateway.upstreams.registry import ConnectionState
 from tests import spec
 from tests.conftest import GatewayServer
 from tests.fakes.openai_upstream import Behaviour, FakeOpenAI, RecordedRequest
@@ -49,6 +51,7 @@ from tests.servers import LoopName, ServerThread
 
 if TYPE_CHECKING:
     from gateway.config import Config
+    from gateway.runtime import Runtime
 
 UPSTREAM_KEY = "sk-upstream-test-0123456789abcdef"
 
@@ -63,10 +66,23 @@ def chat_body(
     return {"model": model, "messages": [{"role": "user", "content": content}], **fields}
 
 
+# Fixtures shared by a whole module make many upstream failures on purpose: a breaker that
+# opened after five of them would change what the next test sees. The breaker's own tests
+# (test_resilience.py) set it as they need.
+NO_BREAKER = {"fail_max": 1_000_000}
+
+
 def openai_upstream(target: FakeOpenAI | str, **settings: Any) -> dict[str, Any]:
-    """An `openai` upstream pointing at a fake (or a base URL), with the test key."""
+    """An `openai` upstream pointing at a fake (or a base URL), with the test key and, unless
+    `settings` say otherwise, a breaker that does not open."""
     base_url = target if isinstance(target, str) else target.base_url
-    return {"provider": "openai", "base_url": base_url, "api_key": UPSTREAM_KEY, **settings}
+    return {
+        "provider": "openai",
+        "base_url": base_url,
+        "api_key": UPSTREAM_KEY,
+        "breaker": NO_BREAKER,
+        **settings,
+    }
 
 
 def single_upstream(
@@ -120,7 +136,32 @@ def serve(
         config = parse_config(text, source="<test>", environ=environ)
     app = create_app(config)
     with ServerThread(app, name="gateway", loop=loop) as server:
-        yield GatewayServer(url=server.url, config=config, app=app)
+        _SHARED.append(app)
+        try:
+            yield GatewayServer(url=server.url, config=config, app=app)
+        finally:
+            _SHARED.remove(app)
+
+
+_SHARED: list[ASGIApp] = []  # gateways `serve()` runs now, which tests of a module share
+
+
+def settle(app: ASGIApp) -> None:
+    """Undo what upstream failures taught a gateway, for the next test that shares it: a pause
+    from a 429's retry-after, an upstream marked unhealthy by a 401/403."""
+    runtime: Runtime = app.state.runtime  # type: ignore[attr-defined]
+    for guards in runtime.guards.values():
+        guards.limiter.resume()
+    for upstream in runtime.upstreams.values():
+        if upstream.state == ConnectionState.UNHEALTHY:
+            upstream.state = ConnectionState.CONNECTED
+
+
+@pytest.fixture(autouse=True)
+def _settle_shared_gateways() -> Iterator[None]:
+    yield
+    for app in _SHARED:
+        settle(app)
 
 
 def error_of(response: httpx.Response | httpx2.Response, status: int) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from tests.integration.conftest import (
     request_log,
     scripted_stream,
     serve,
+    settle,
 )
 
 GENERATED_ID = re.compile(r"^req_[0-9a-f]+$")
@@ -1025,7 +1026,10 @@ def test_upstream_key_never_reaches_logs_or_clients(
     )
     script_stream.script(sse(ROLE), sse({"error": {"message": said, "type": "server_error"}}))
 
-    responses = [http.post(gateway.url + CHAT, json=chat_body()) for _ in range(4)]
+    responses = []
+    for _ in range(4):
+        responses.append(http.post(gateway.url + CHAT, json=chat_body()))
+        settle(gateway.app)  # a 401 marks the upstream unhealthy, a 429 pauses it
     responses.append(http.post(gateway.url + CHAT, json=chat_body("scripted", stream=True)))
     for response in responses:
         request_log(caplog, response.headers["x-request-id"])

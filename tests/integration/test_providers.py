@@ -35,7 +35,7 @@ from tests.fakes.ollama_upstream import FakeOllama
 from tests.fakes.openai_upstream import FakeOpenAI, Reply, ToolCall
 from tests.fakes.tgi_upstream import FakeTGI
 from tests.fakes.upstream import FakeUpstream, RecordedRequest
-from tests.integration.conftest import UPSTREAM_KEY, FakeView, MakeSDK, serve
+from tests.integration.conftest import NO_BREAKER, UPSTREAM_KEY, FakeView, MakeSDK, serve
 
 Json = Any
 PNG = (
@@ -194,7 +194,11 @@ def served(request: pytest.FixtureRequest) -> Iterator[Served]:
     """The provider's fake and a gateway serving `m` from it (one pair per provider)."""
     case = CASES[request.param]
     with case.make_fake() as fake:
-        upstream: dict[str, Any] = {"provider": case.provider, "base_url": fake.base_url}
+        upstream: dict[str, Any] = {
+            "provider": case.provider,
+            "base_url": fake.base_url,
+            "breaker": NO_BREAKER,  # the error cases fail on purpose, many times
+        }
         if case.keyed:
             upstream["api_key"] = UPSTREAM_KEY
         config = {

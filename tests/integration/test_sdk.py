@@ -29,6 +29,7 @@ from tests.integration.conftest import (
     openai_upstream,
     refused_base_url,
     serve,
+    settle,
 )
 from tests.integration.wiretap import Wiretap
 
@@ -681,6 +682,7 @@ def test_upstream_401_is_not_the_clients_authentication_error(
     for _ in range(2):
         with pytest.raises(openai.APIStatusError) as raised:
             client.chat.completions.create(model="gpt-4o-mini", messages=HELLO)
+        settle(fake_gateway.app)  # the 401 marked the upstream unhealthy: not this test's point
         assert not isinstance(
             raised.value, openai.AuthenticationError | openai.PermissionDeniedError
         )

@@ -1,0 +1,1 @@
+"""Resilience: circuit breakers, rate limits, retries and deadlines for upstream calls."""
