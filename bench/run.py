@@ -454,11 +454,27 @@ def gateway_command(args: argparse.Namespace) -> list[str]:
     return [args.python, "-m", "gateway"]
 
 
+# With --resilience: every protection on and checked per request, none binding (limits far
+# above the load, the breaker closed, retries allowed, health probes running).
+RESILIENCE = (
+    ",\n          rate_limit: {requests_per_minute: 100000000, tokens_per_minute: 100000000000,"
+    " max_concurrent: 100000},\n"
+    "          breaker: {fail_max: 5, reset_timeout: 30}, retry: {attempts: 2},"
+    " health: {interval: 2}"
+)
+
+
 def gateway_config(
-    port: int, upstream_port: int, transport: str | None, provider: str = "openai"
+    port: int,
+    upstream_port: int,
+    transport: str | None,
+    provider: str = "openai",
+    resilience: bool = False,
 ) -> str:
     """The gateway's config: its one upstream is the fake, in OpenAI's or Anthropic's format."""
     extra = f", transport: {json.dumps(transport)}" if transport else ""
+    if resilience:
+        extra += RESILIENCE
     base_url = f"http://{HOST}:{upstream_port}" + ("/v1" if provider == "openai" else "")
     return (
         f"server: {{host: {HOST}, port: {port}}}\n"
@@ -493,7 +509,9 @@ def proxy_under_test(
     else:
         config = tmp / "gateway-bench.yaml"
         provider = "anthropic" if name == "anthropic" else "openai"
-        config.write_text(gateway_config(port, upstream_port, args.transport, provider))
+        config.write_text(
+            gateway_config(port, upstream_port, args.transport, provider, args.resilience)
+        )
         (procs.log_dir / "gateway-bench.yaml").write_text(config.read_text())
         cmd = [
             *gateway_command(args),
@@ -784,6 +802,7 @@ def render(results: list[TargetResult], args: argparse.Namespace, pin: bool) -> 
             else "not pinned"
         ),
         f"- gateway transport: {args.transport or 'default'}; "
+        f"resilience machinery: {'on, not binding' if args.resilience else 'defaults'}; "
         f"{args.duration}s measured after {args.warmup}s warm-up per cell",
         f"- upstream: streams of {args.chunks} chunks, TTFT {args.ttft_ms:g} ms, "
         f"{args.interval_ms:g} ms apart",
@@ -823,6 +842,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: left out, the gateway's default)",
     )
     add("--duration", type=int, default=5, help="measured seconds per cell (%(default)s)")
+    add(
+        "--resilience",
+        action="store_true",
+        help="gateway upstream with rate limits (not binding), breaker, retries, health probes",
+    )
     add("--warmup", type=int, default=1, help="warm-up seconds per cell (%(default)s)")
     add("--concurrency", type=int_list, default="1,16,64,256", help="wrk -c (1,16,64,256)")
     add("--streams", type=int_list, default="16,64", help="concurrent streams (16,64)")

@@ -697,3 +697,61 @@ def test_the_issues_provider_config_shape_is_accepted_as_written():
     }
     assert config.upstreams["azure"].api_version == "2024-10-21"
     assert config.models["prod"][0].model == "my-deployment"  # for Azure: the deployment
+
+
+def test_the_issues_resilience_config_shape_is_accepted_as_written():
+    text = (Path(__file__).parent.parent / "data" / "resilience.yaml").read_text(encoding="utf-8")
+
+    config = parse_config(text, source="resilience.yaml", environ={"PRIMARY_KEY": "k"})
+
+    primary = config.upstreams["primary"]
+    assert primary.enabled is True
+    assert primary.timeouts.first_byte == 30
+    assert primary.rate_limit is not None
+    assert (primary.rate_limit.requests_per_minute, primary.rate_limit.max_wait) == (600, 0.5)
+    assert primary.rate_limit.tokens_per_minute == 200000
+    assert primary.rate_limit.max_concurrent == 64
+    assert (primary.breaker.fail_max, primary.breaker.half_open_max_calls) == (5, 1)
+    assert (primary.retry.attempts, primary.retry.backoff_max) == (2, 5)
+    assert (primary.health.interval, primary.health.failure_threshold) == (30, 3)
+    smart = config.models["smart"]
+    assert [(t.priority, t.weight) for t in smart] == [(1, 3), (1, 1), (2, 1)]
+
+
+def test_resilience_defaults_leave_every_limit_off():
+    upstream = parse("upstreams:\n  u: {provider: mock}\n").upstreams["u"]
+
+    assert upstream.enabled is True
+    assert upstream.rate_limit is None  # absent = unlimited
+    assert upstream.timeouts.first_byte is None
+    assert upstream.retry.attempts == 1
+    assert upstream.health.interval == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        (
+            "upstreams:\n  u: {provider: mock, breaker: {fail_max: 0}}\n",
+            "upstreams.u.breaker.fail_max",
+        ),
+        ("upstreams:\n  u: {provider: mock, retry: {attempts: 0}}\n", "upstreams.u.retry.attempts"),
+        (
+            "upstreams:\n  u: {provider: mock, rate_limit: {max_wait: -1}}\n",
+            "upstreams.u.rate_limit.max_wait",
+        ),
+        (
+            "upstreams:\n  u: {provider: mock, health: {interval: -1}}\n",
+            "upstreams.u.health.interval",
+        ),
+        ("server: {load_balancing: random}\n", "server.load_balancing"),
+        (
+            "upstreams:\n  u: {provider: mock}\nmodels:\n  m: [{upstream: u, model: x, weight: 0}]\n",
+            "models.m[0].weight",
+        ),
+    ],
+)
+def test_bad_resilience_settings_name_their_key(text: str, path: str):
+    [error] = errors_of(text)
+
+    assert f": {path}: " in error
