@@ -746,7 +746,8 @@ def test_resilience_defaults_leave_every_limit_off():
         ),
         ("server: {load_balancing: random}\n", "server.load_balancing"),
         (
-            "upstreams:\n  u: {provider: mock}\nmodels:\n  m: [{upstream: u, model: x, weight: 0}]\n",
+            "upstreams:\n  u: {provider: mock}\n"
+            "models:\n  m: [{upstream: u, model: x, weight: 0}]\n",
             "models.m[0].weight",
         ),
     ],
