@@ -177,11 +177,12 @@ class AllUpstreamsFailed(GatewayError):
         else:
             status, code = 502, "all_upstreams_failed"
         tried = "; ".join(str(f) for f in failures)
+        # The soonest any of them may work again, when they said (retry-after-ms with it).
         headers: dict[str, str] = {}
-        for failure in failures:
-            for name in ("retry-after", "retry-after-ms"):
-                if name in failure.error.headers:
-                    headers[name] = failure.error.headers[name]
+        waits = [f.error.headers for f in failures if "retry-after" in f.error.headers]
+        if waits:
+            soonest = min(waits, key=lambda h: _seconds(h["retry-after"]))
+            headers = {k: soonest[k] for k in ("retry-after", "retry-after-ms") if k in soonest}
         super().__init__(
             f"no upstream could serve model '{model}' ({tried})",
             code=code,
@@ -191,6 +192,13 @@ class AllUpstreamsFailed(GatewayError):
         if status == 429:
             self.type = "rate_limit_error"
         self.failures = failures
+
+
+def _seconds(value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        return float("inf")  # an HTTP date: rather any number than this
 
 
 def to_openai_error(exc: GatewayError) -> ErrorEnvelope:
