@@ -177,12 +177,16 @@ class AllUpstreamsFailed(GatewayError):
         else:
             status, code = 502, "all_upstreams_failed"
         tried = "; ".join(str(f) for f in failures)
-        # The soonest any of them may work again, when they said (retry-after-ms with it).
-        headers: dict[str, str] = {}
-        waits = [f.error.headers for f in failures if "retry-after" in f.error.headers]
-        if waits:
-            soonest = min(waits, key=lambda h: _seconds(h["retry-after"]))
-            headers = {k: soonest[k] for k in ("retry-after", "retry-after-ms") if k in soonest}
+        # The soonest any of them may work again, when they said (retry-after-ms with it), and
+        # on a 429 the rate-limit figures of that limit (`x-ratelimit-*`).
+        said = [f.error.headers for f in failures if f.error.headers]
+        source = min(said, key=lambda h: _seconds(h.get("retry-after", "inf")), default={})
+        headers = {
+            k: v
+            for k, v in source.items()
+            if k in ("retry-after", "retry-after-ms")
+            or (status == 429 and k.startswith("x-ratelimit-"))
+        }
         super().__init__(
             f"no upstream could serve model '{model}' ({tried})",
             code=code,

@@ -314,15 +314,19 @@ def _error_for(
             f"upstream '{upstream}' refused the gateway's credentials ({status})",
             code="upstream_auth_failed",
         )
+    # When to try again, if the upstream said: honoured by retries, passed on to the client.
+    retry = {k: headers[k] for k in ("retry-after", "retry-after-ms") if k in headers}
     if status == 429:
-        retry = {k: headers[k] for k in ("retry-after", "retry-after-ms") if k in headers}
         return RateLimited(f"upstream '{upstream}' is rate limited: {message}", headers=retry)
     if status in (408, 504):
-        return UpstreamTimeout(f"upstream '{upstream}' timed out ({status})")
+        return UpstreamTimeout(f"upstream '{upstream}' timed out ({status})", headers=retry)
     if status in (503, 529):
         return UpstreamError(
             f"upstream '{upstream}' is overloaded ({status}): {message}",
             status=503,
             code="upstream_overloaded",
+            headers=retry,
         )
-    return UpstreamError(f"upstream '{upstream}' failed with status {status}: {message}")
+    return UpstreamError(
+        f"upstream '{upstream}' failed with status {status}: {message}", headers=retry
+    )
