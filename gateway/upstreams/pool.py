@@ -32,6 +32,7 @@ class Pool:
 
     def __init__(self, origin: Origin, limits: Limits, ssl_context: ssl.SSLContext | None) -> None:
         self.origin = origin
+        self._host_line = b"host: " + origin.host_header  # IDNA-encoded once, not per request
         self.limits = limits
         self.loop = asyncio.get_running_loop()
         self._ssl = ssl_context
@@ -84,7 +85,7 @@ class Pool:
             raise
 
     def _head(self, method: str, target: str, headers: dict[str, str], body: bytes | None) -> bytes:
-        lines = [f"{method} {target} HTTP/1.1".encode(), b"host: " + self.origin.host_header]
+        lines = [f"{method} {target} HTTP/1.1".encode(), self._host_line]
         for name, value in headers.items():
             lines.append(f"{name}: {value}".encode("latin-1", "replace"))
         if body is not None:
