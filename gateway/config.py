@@ -130,6 +130,14 @@ class PoolLimits(_Settings, frozen=True):
     keepalive_expiry: NonNegativeFloat = 30.0
 
 
+class Price(_Settings, frozen=True):
+    """USD per million tokens of one upstream model."""
+
+    input: NonNegativeFloat
+    output: NonNegativeFloat
+    cached_input: NonNegativeFloat | None = None  # prompt tokens read from a cache; default input
+
+
 class UpstreamConfig(_Settings, frozen=True):
     provider: Provider
     base_url: str | None = None
@@ -159,6 +167,8 @@ class UpstreamConfig(_Settings, frozen=True):
     breaker: BreakerSettings = BreakerSettings()
     retry: RetrySettings = RetrySettings()
     health: HealthSettings = HealthSettings()
+    # Upstream model name -> price, for `gateway_cost_usd_total` and `/admin/usage`.
+    pricing: dict[str, Price] = msgspec.field(default_factory=dict)
 
     @property
     def configured(self) -> bool:
@@ -178,10 +188,16 @@ class Target(_Settings, frozen=True):
     larger_context: bool = False
 
 
+class AuthConfig(_Settings, frozen=True):
+    # The admin API's key (`Authorization: Bearer`); none = the admin API is off.
+    admin_key: Secret | None = None
+
+
 class Config(_Settings, frozen=True):
     server: ServerConfig = ServerConfig()
     upstreams: dict[str, UpstreamConfig] = msgspec.field(default_factory=dict)
     models: dict[str, tuple[Target, ...]] = msgspec.field(default_factory=dict)
+    auth: AuthConfig = AuthConfig()
     source: str = "<defaults>"
 
 
@@ -385,9 +401,10 @@ class _Reader:
             self.error("", "the config must be a mapping with server, upstreams and models")
             raise ConfigError(self.errors)
         for key in data:
-            if key not in ("server", "upstreams", "models"):
-                self.error(key, "unknown key (expected server, upstreams, models)")
+            if key not in ("server", "upstreams", "models", "auth"):
+                self.error(key, "unknown key (expected server, upstreams, models, auth)")
         server = self.convert(data.get("server") or {}, ServerConfig, "server")
+        auth = self.convert(data.get("auth") or {}, AuthConfig, "auth")
         upstreams = {
             name: upstream
             for name, raw in self.section(data, "upstreams")
@@ -410,7 +427,9 @@ class _Reader:
             models[name] = targets
         if self.errors:
             raise ConfigError(self.errors)
-        return Config(server=server, upstreams=upstreams, models=models, source=self.source)
+        return Config(
+            server=server, upstreams=upstreams, models=models, auth=auth, source=self.source
+        )
 
     def section(self, data: dict[object, object], key: str) -> Iterator[tuple[str, object]]:
         raw = data.get(key) or {}
