@@ -9,7 +9,6 @@ traceback goes to the log.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -24,8 +23,10 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
+from gateway.api import admin
 from gateway.api.chat import chat_completions
 from gateway.api.health import healthz, readyz
+from gateway.api.metrics import metrics
 from gateway.api.models import list_models, retrieve_model
 from gateway.api.responses import error_response
 from gateway.config import Config
@@ -37,6 +38,7 @@ from gateway.errors import (
     internal_error,
 )
 from gateway.logs import request_id_of
+from gateway.reload import Reloader, install_sighup
 from gateway.runtime import Runtime
 
 log = logging.getLogger("gateway")
@@ -134,20 +136,24 @@ def create_app(
                 ),
             },
         )
-        probes = asyncio.get_running_loop().create_task(opened.prober.run(), name="health")
+        # A reload (gateway/reload.py) swaps app.state.runtime and moves the probes onto it.
+        reloader = app.state.reloader = Reloader()
+        reloader.start_probes(opened)
+        uninstall_sighup = install_sighup(app)  # under `gateway serve` only (the main thread)
         try:
             yield
         finally:
-            probes.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await probes
-            await opened.aclose()
+            uninstall_sighup()
+            await reloader.aclose()  # the probes, and old runtimes' drains: closes their clients
+            await app.state.runtime.aclose()
 
     routes = [
         Route("/v1/models", list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", retrieve_model, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        admin.mount(),  # /admin/...: only with auth.admin_key
     ]
     handlers: dict[Any, Any] = {
         HTTPException: _http_error,

@@ -1,6 +1,9 @@
-"""The `gateway` command: serve, check, schema.
+"""The `gateway` command: serve, check, schema, and the admin commands of `cli_admin.py`
+(status, enable, disable, connect, disconnect, test, reload, usage) that talk to a running
+gateway's admin API.
 
-Exit codes: 0 ok, 1 failure (an invalid config included), 2 usage error.
+Exit codes: 0 ok, 1 failure (an invalid config included), 2 usage error, 3 gateway unreachable
+(admin commands).
 """
 
 from __future__ import annotations
@@ -8,11 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from gateway import __version__
+from gateway import __version__, cli_admin
 from gateway.config import Config, ConfigError, json_schema, load_config
 
 log = logging.getLogger("gateway")
@@ -41,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="port to bind (overrides server.port)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     serve.add_argument("--log-format", default="text", choices=["text", "json"])
+    serve.add_argument(
+        "--workers", type=_positive, default=1, metavar="N",
+        help="worker processes (default 1); metrics then use prometheus-client's multiprocess mode",
+    )  # fmt: skip
     serve.set_defaults(run=_serve)
 
     check = commands.add_parser("check", help="validate the config and exit 0 (valid) or 1")
@@ -49,6 +57,7 @@ def _parser() -> argparse.ArgumentParser:
 
     schema = commands.add_parser("schema", help="print the config's JSON Schema")
     schema.set_defaults(run=_schema)
+    cli_admin.add_commands(commands)  # status, enable, ..., reload, usage
     return parser
 
 
@@ -100,6 +109,8 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
     host = args.host or config.server.host
     port = config.server.port if args.port is None else args.port
+    if args.workers > 1:
+        return _serve_workers(args, config, host, port)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),
@@ -122,3 +133,78 @@ def _serve(args: argparse.Namespace) -> int:
         signal.signal(stop, lambda signum, frame: None)
     server.run()
     return 0 if server.started else 1
+
+
+# ------------------------------------------------------------------- serve --workers N
+
+_WORKER_CONFIG = "GATEWAY_WORKER_CONFIG"  # what the parent tells its workers
+_WORKER_LOG = "GATEWAY_WORKER_LOG"
+_MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess switch
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _serve_workers(args: argparse.Namespace, config: Config, host: str, port: int) -> int:
+    """Serve with `args.workers` uvicorn worker processes sharing one socket. Each worker
+    re-reads the config file the parent validated and builds its own app (`worker_app`);
+    metrics go through prometheus-client's multiprocess mode, in `$PROMETHEUS_MULTIPROC_DIR`
+    (emptied first: files of an earlier run would add up) or a temporary directory."""
+    import shutil
+    import tempfile
+
+    import uvicorn
+
+    if config.source.startswith("<"):
+        print("error: --workers needs a config file", file=sys.stderr)
+        return 1
+    given = os.environ.get(_MULTIPROC_DIR)
+    directory = given or tempfile.mkdtemp(prefix="gateway-metrics-")
+    if given:
+        shutil.rmtree(given, ignore_errors=True)
+    os.makedirs(directory, exist_ok=True)
+    os.environ[_MULTIPROC_DIR] = directory  # inherited by the workers, read at their import
+    os.environ[_WORKER_CONFIG] = config.source
+    os.environ[_WORKER_LOG] = f"{args.log_level},{args.log_format}"
+    try:
+        uvicorn.run(
+            "gateway.cli:worker_app",
+            factory=True,
+            workers=args.workers,
+            host=host,
+            port=port,
+            loop="uvloop",
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            log_level=args.log_level,
+            server_header=False,
+            proxy_headers=False,
+            timeout_graceful_shutdown=25,
+        )
+    finally:
+        if not given:
+            shutil.rmtree(directory, ignore_errors=True)
+    return 0
+
+
+def worker_app() -> object:
+    """The app of one `serve --workers` worker process (uvicorn's factory)."""
+    import atexit
+
+    from prometheus_client import multiprocess
+
+    from gateway.app import create_app
+    from gateway.logs import setup_logging
+
+    level, fmt = os.environ[_WORKER_LOG].split(",")
+    setup_logging(level, "json" if fmt == "json" else "text")
+    config = load_config(os.environ[_WORKER_CONFIG])
+    # Its live gauges (in flight, pool figures, states) leave the sums when it exits.
+    atexit.register(multiprocess.mark_process_dead, os.getpid())
+    return create_app(config)

@@ -17,7 +17,9 @@ Only upstream faults count against the breaker (5xx, timeouts, connect errors, b
 upstream 429 pauses that upstream for its retry-after instead, and a 401/403 (our key is wrong)
 marks it unhealthy. The deadline is the caller's `asyncio.timeout`; here it only keeps a retry
 from starting when its backoff would end after it. Every attempt and skip is listed in
-`x-gateway-attempts` (`openai:503,anthropic:ok`).
+`x-gateway-attempts` (`openai:503,anthropic:ok`); each attempt sent, and its usage and cost
+when it served, are counted in `rt.metrics` and `rt.usage` when it ends (`Attempts.ended`), and
+listed for the request's log line.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from gateway.config import Target
+from gateway.cost import cached_tokens, cost_usd
 from gateway.errors import (
     AllUpstreamsFailed,
     CircuitOpen,
@@ -42,6 +45,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.metrics import outcome_of
 from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
 from gateway.providers import StreamDecoder
 from gateway.resilience.breaker import Trial
@@ -68,12 +72,21 @@ class Served:
 
 
 class Attempts:
-    """The `x-gateway-attempts` list: `upstream:outcome` per try or skip, in order."""
+    """One request's attempts: the `x-gateway-attempts` list (`upstream:outcome` per try or
+    skip, in order), and what each attempt sent cost: (upstream, outcome, seconds) in
+    `sent`, their summed time, and the serving attempt's tokens and USD cost."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "cost_usd", "key", "model", "rt", "sent", "tokens", "upstream_seconds")
 
-    def __init__(self) -> None:
+    def __init__(self, rt: Runtime, model: str, key: str | None = None) -> None:
         self._items: list[str] = []
+        self.rt = rt
+        self.model = model  # the public model (usage and metrics count under it)
+        self.key = key  # the client key's name (None: anonymous)
+        self.sent: list[tuple[str, str, float]] = []
+        self.upstream_seconds = 0.0
+        self.tokens: tuple[int, int, int] | None = None  # prompt, completion, cached
+        self.cost_usd = 0.0
 
     def add(self, upstream: str, outcome: str) -> None:
         self._items.append(f"{upstream}:{outcome}")
@@ -81,18 +94,42 @@ class Attempts:
     def header(self) -> str:
         return ",".join(self._items)
 
+    def ended(
+        self, upstream: Upstream, target: Target, error: BaseException | None, seconds: float,
+        usage: Usage | None,
+    ) -> None:  # fmt: skip
+        """An attempt that was sent ended after `seconds`: count it, and its usage if any."""
+        outcome = outcome_of(error)
+        self.rt.metrics.attempt(upstream.name, outcome, seconds)
+        self.sent.append((upstream.name, outcome, seconds))
+        self.upstream_seconds += seconds
+        if usage is None:
+            return
+        prompt, completion = usage["prompt_tokens"], usage["completion_tokens"]
+        cached = cached_tokens(usage)
+        cost = cost_usd(upstream.config.pricing.get(target.model), prompt, completion, cached)
+        self.tokens, self.cost_usd = (prompt, completion, cached), cost
+        self.rt.metrics.usage(upstream.name, self.model, prompt, completion, cached, cost)
+        self.rt.usage.record(self.key, self.model, upstream.name, prompt, completion, cached, cost)
+
 
 class _Hold:
     """What one attempt holds until it ends: an in-flight count (taken in the same step as the
     usability check, so a draining disconnect sees it), a breaker trial and a limiter permit.
-    `end()` settles them once, from how the attempt went."""
+    `end()` settles them once, from how the attempt went, and reports a sent attempt (`sent`:
+    when it left the limiter) to its `Attempts`."""
 
-    __slots__ = ("_ended", "permit", "trial", "upstream")
+    __slots__ = ("_ended", "attempts", "permit", "sent", "target", "trial", "upstream")
 
-    def __init__(self, upstream: Upstream, trial: Trial) -> None:
+    def __init__(
+        self, upstream: Upstream, target: Target, trial: Trial, attempts: Attempts
+    ) -> None:
         self.upstream = upstream
+        self.target = target
         self.trial = trial
+        self.attempts = attempts
         self.permit: Permit | None = None
+        self.sent = 0.0  # perf_counter seconds; 0: never sent
         self._ended = False
         upstream.in_flight += 1
         upstream.last_used = time.time()
@@ -110,13 +147,17 @@ class _Hold:
             self.trial.release()  # client errors, cancellations, our own rejections
         if self.permit is not None:
             self.permit.release(usage["total_tokens"] if usage else None)
+        if self.sent:
+            seconds = time.perf_counter() - self.sent
+            self.attempts.ended(self.upstream, self.target, error, seconds, usage)
 
 
 async def complete(
-    request: ChatRequest, rt: Runtime, deadline: Deadline
+    request: ChatRequest, rt: Runtime, deadline: Deadline, attempts: Attempts | None = None
 ) -> tuple[ChatCompletion, Served]:
     """Serve a non-streaming request. Raises GatewayError (AllUpstreamsFailed when exhausted),
-    with `x-gateway-attempts` among its headers."""
+    with `x-gateway-attempts` among its headers. `attempts` (the caller's, for its log line)
+    collects the attempts made."""
 
     async def once(upstream: Upstream, target: Target, hold: _Hold) -> tuple[ChatCompletion, str]:
         translator = upstream.translator
@@ -134,7 +175,7 @@ async def complete(
         hold.end(None, completion.get("usage"))
         return completion, reply.headers.get(translator.request_id_header) or ""
 
-    attempts = Attempts()
+    attempts = attempts or Attempts(rt, request.model)
     (completion, upstream_id), name = await _serve(request, rt, deadline, attempts, once)
     return completion, Served(name, upstream_id or None, attempts.header())
 
@@ -202,10 +243,12 @@ class Stream:
                 self._hold.end(self._error or asyncio.CancelledError())
 
 
-async def open_stream(request: ChatRequest, rt: Runtime, deadline: Deadline) -> Stream:
+async def open_stream(
+    request: ChatRequest, rt: Runtime, deadline: Deadline, attempts: Attempts | None = None
+) -> Stream:
     """Open a stream on the first target that produces a first event. Raises GatewayError
-    (with `x-gateway-attempts`)."""
-    attempts = Attempts()
+    (with `x-gateway-attempts`). `attempts` as for `complete()`."""
+    attempts = attempts or Attempts(rt, request.model)
 
     async def once(upstream: Upstream, target: Target, hold: _Hold) -> Stream:
         translator = upstream.translator
@@ -223,6 +266,7 @@ async def open_stream(request: ChatRequest, rt: Runtime, deadline: Deadline) -> 
             raise UpstreamTimeout(
                 f"upstream '{upstream.name}' sent no first event within {first_byte:g} s"
             ) from None
+        rt.metrics.first_event(upstream.name, time.perf_counter() - hold.sent)
         upstream_id = reply.headers.get(translator.request_id_header)
         return Stream(reply, decoder, first, Served(upstream.name, upstream_id, ""), hold)
 
@@ -268,10 +312,14 @@ async def _serve(
     and the upstream that gave it."""
     failures: list[UpstreamFailure] = []
     larger_only = False  # after a context-length error: only larger_context targets remain
+    counted = 0  # failures already counted as fallbacks
     try:
         for upstream, target in rt.routes.plan(request.model, rt.draw):
             if larger_only and not target.larger_context:
                 continue
+            if len(failures) > counted:  # moving on from the last target's failure
+                rt.metrics.fallback(request.model, failures[-1].upstream, failures[-1].error)
+                counted = len(failures)
             if reason := upstream.unusable:
                 attempts.add(upstream.name, _state_word(upstream))
                 failures.append(UpstreamFailure(upstream.name, UpstreamUnavailable(reason)))
@@ -321,7 +369,8 @@ async def _tries(
             await asyncio.sleep(wait)
             if upstream.unusable:  # disabled, disconnected or unhealthy meanwhile
                 raise error
-        hold = await _admit(request, upstream, guards, attempts)
+            rt.metrics.retry(upstream.name, error)
+        hold = await _admit(request, upstream, target, guards, attempts)
         try:
             result = await once(upstream, target, hold)
         except GatewayError as exc:
@@ -342,28 +391,35 @@ async def _tries(
 
 
 async def _admit(
-    request: ChatRequest, upstream: Upstream, guards: Guards, attempts: Attempts
+    request: ChatRequest, upstream: Upstream, target: Target, guards: Guards, attempts: Attempts
 ) -> _Hold:
     """A breaker trial and a limiter permit for one attempt, or the GatewayError that skips it."""
+    metrics = attempts.rt.metrics
     try:
         trial = guards.breaker.admit()
     except CircuitOpen as exc:
+        metrics.breaker_rejected(upstream.name)
         attempts.add(upstream.name, "open")
         raise CircuitOpen(
             f"upstream '{upstream.name}' is failing: its circuit breaker is open",
             headers=exc.headers,
         ) from None
-    hold = _Hold(upstream, trial)
+    hold = _Hold(upstream, target, trial, attempts)
     limits = upstream.config.rate_limit
     estimate = estimate_tokens(request.body) if limits and limits.tokens_per_minute else 0
+    waiting = time.perf_counter()
     try:
         hold.permit = await guards.limiter.acquire(estimate)
     except BaseException as exc:
         hold.end(exc)
         if isinstance(exc, RateLimited):
+            metrics.ratelimit_rejected("upstream", upstream.name)
             attempts.add(upstream.name, "limited")
             exc.message = f"upstream '{upstream.name}' is at its rate limit: {exc.message}"
         raise
+    hold.sent = time.perf_counter()
+    if limits is not None:
+        metrics.ratelimit_waited(upstream.name, hold.sent - waiting)
     return hold
 
 

@@ -107,16 +107,21 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
         return
     started = time.perf_counter()
     record: dict[str, object] = {"request_id": request_id, "status": 500}
+    model: str | None = None
+    attempts: pipeline.Attempts | None = None
+    rt.metrics.request_started()
     try:
         body = await _read_body(scope, receive, rt.config.server.max_body_bytes)
         request = parse_chat_request(
             body, forward_headers(scope), request_id=request_id, created=int(time.time())
         )
-        record.update(model=request.model, stream=request.stream)
-        rt.routes.chain_for(request.model)  # an unknown model is a 404 before any work
+        model = request.model
+        record.update(model=model, stream=request.stream)
+        rt.routes.chain_for(model)  # an unknown model is a 404 before any work
         deadline = Deadline(_timeout(scope, rt.config.server.request_timeout))
+        attempts = pipeline.Attempts(rt, model)
         handler = _stream if request.stream else _complete
-        await handler(request, rt, deadline, receive, send, record, id_header)
+        await handler(request, rt, deadline, receive, send, record, id_header, attempts)
     except ClientDisconnected:
         record.update(status=499, error="client_disconnected")
     except GatewayError as exc:
@@ -128,8 +133,30 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
         log.exception("unexpected error", extra={"request_id": request_id})
         await send_error(send, internal_error(request_id), id_header)
     finally:
-        record["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        seconds = time.perf_counter() - started
+        record["duration_ms"] = round(seconds * 1000, 2)
+        if attempts is not None:
+            _note_attempts(record, attempts)
+        status = record["status"]
+        rt.metrics.request_ended(
+            model,
+            status if isinstance(status, int) else 500,
+            seconds,
+            attempts.upstream_seconds if attempts is not None else 0.0,
+        )
         log.info("chat completion", extra=record)
+
+
+def _note_attempts(record: dict[str, object], attempts: pipeline.Attempts) -> None:
+    """The log line's account of the upstream attempts sent, and of the usage's cost."""
+    if attempts.sent:
+        record["upstream_attempts"] = [
+            {"upstream": name, "outcome": outcome, "latency_ms": round(seconds * 1000, 2)}
+            for name, outcome, seconds in attempts.sent
+        ]
+    if attempts.tokens is not None:
+        record["cached_tokens"] = attempts.tokens[2]
+        record["cost_usd"] = round(attempts.cost_usd, 8)
 
 
 async def _complete(
@@ -140,11 +167,12 @@ async def _complete(
     send: Send,
     record: dict[str, object],
     id_header: Header,
+    attempts: pipeline.Attempts,
 ) -> None:
     watch = _DisconnectWatch(receive)
     try:
         async with asyncio.timeout(deadline.remaining()):
-            completion, served = await pipeline.complete(request, rt, deadline)
+            completion, served = await pipeline.complete(request, rt, deadline, attempts)
     except TimeoutError:
         raise _deadline(deadline) from None
     except asyncio.CancelledError:
@@ -184,6 +212,7 @@ async def _stream(
     send: Send,
     record: dict[str, object],
     id_header: Header,
+    attempts: pipeline.Attempts,
 ) -> None:
     server = rt.config.server
     watch = _DisconnectWatch(receive)
@@ -193,7 +222,7 @@ async def _stream(
     try:
         async with asyncio.timeout(deadline.remaining()):
             try:
-                stream = await pipeline.open_stream(request, rt, deadline)
+                stream = await pipeline.open_stream(request, rt, deadline, attempts)
                 served = stream.served
                 record.update(
                     upstream=served.upstream,
@@ -235,6 +264,8 @@ async def _stream(
             raise error from None
         # After the first byte the status is sent: the error becomes the stream's last event.
         record["error"] = error.code
+        if stream is not None:
+            rt.metrics.stream_error(stream.served.upstream, error)
         log.warning(
             "stream failed after first byte",
             extra={"request_id": record["request_id"], "reason": error.message},

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import ssl
 import zlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 from urllib.parse import urlsplit
@@ -87,6 +87,7 @@ class Clients:
         self._upstreams = dict(upstreams or {})  # what reopen() builds from
         self._transports = dict(transports or {})
         self._retiring: set[asyncio.Task[None]] = set()
+        self._acquire_observers: dict[str, Callable[[float], None]] = {}
 
     @classmethod
     async def open(
@@ -113,6 +114,14 @@ class Clients:
     def pool_stats(self, upstream: str) -> PoolStats:
         return self._clients[upstream].pool_stats()
 
+    def observe_acquire(self, upstream: str, observer: Callable[[float], None]) -> None:
+        """Have `upstream`'s pool call `observer` with the seconds each request waited for a
+        connection (native pool only; kept across `reopen()`)."""
+        self._acquire_observers[upstream] = observer
+        client = self._clients[upstream]
+        if isinstance(client, _NativeClient):
+            client.pool.on_acquire = observer
+
     async def close(self, upstream: str, *, grace: float = 0.0) -> None:
         """Close `upstream`'s client: from now on `send()` to it raises UpstreamUnavailable.
 
@@ -134,10 +143,39 @@ class Clients:
         old = self._clients[upstream]
         config = self._upstreams[upstream]
         self._clients[upstream] = _build(upstream, config, self._transports.get(upstream))
+        if upstream in self._acquire_observers:
+            self.observe_acquire(upstream, self._acquire_observers[upstream])
         if not isinstance(old, _ClosedClient):
             task = asyncio.create_task(_retire(old, RETIRE_GRACE), name=f"retire:{upstream}")
             self._retiring.add(task)
             task.add_done_callback(self._retiring.discard)
+
+    async def successor(
+        self, upstreams: Mapping[str, UpstreamConfig], keep: Collection[str]
+    ) -> Clients:
+        """The clients for a reloaded config: the upstreams named in `keep` share this object's
+        clients (their pools go on), every other one gets a fresh client, built as `open()`
+        does (with this object's test transports). This object keeps serving its requests in
+        flight; close its other upstreams with `close()` once they are done, never `aclose()`
+        (that would close the shared ones too). Clients being retired in the background move
+        to the successor, whose `aclose()` ends them."""
+        clients: dict[str, _Client] = {}
+        try:
+            for name, upstream in upstreams.items():
+                clients[name] = (
+                    self._clients[name]
+                    if name in keep
+                    else _build(name, upstream, self._transports.get(name))
+                )
+        except BaseException:
+            await asyncio.gather(
+                *(c.aclose() for n, c in clients.items() if n not in keep),
+                return_exceptions=True,
+            )
+            raise
+        successor = Clients(clients, upstreams, self._transports)
+        successor._retiring, self._retiring = self._retiring, set()
+        return successor
 
     async def aclose(self) -> None:
         for task in self._retiring:
@@ -203,7 +241,7 @@ class _NativeClient:
             base.scheme, base.hostname or "", base.port or (443 if base.scheme == "https" else 80)
         )
         timeouts, pool = upstream.timeouts, upstream.pool
-        self._pool = Pool(
+        self.pool = Pool(
             self._origin,
             http1.Limits(
                 max_connections=pool.max_connections,
@@ -235,7 +273,7 @@ class _NativeClient:
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         target = self._target(request.url)
         try:
-            response = await self._pool.request(
+            response = await self.pool.request(
                 request.method, target, dict(request.headers), request.body
             )
         except Exception as exc:
@@ -243,11 +281,11 @@ class _NativeClient:
         return _NativeResponse(response, self._name)
 
     def pool_stats(self) -> PoolStats:
-        pool = self._pool
+        pool = self.pool
         return PoolStats(pool.active, pool.idle, pool.waiting, pool.limits.max_connections)
 
     async def aclose(self) -> None:
-        await self._pool.aclose()
+        await self.pool.aclose()
 
 
 class _NativeResponse:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections import deque
+from collections.abc import Callable
 
 from gateway.upstreams.http1 import (
     ConnectError,
@@ -41,6 +43,8 @@ class Pool:
         self._opening = 0
         self._waiters: deque[asyncio.Future[Connection | None]] = deque()
         self._closed = False
+        # Called with the seconds each request waited for its connection (metrics).
+        self.on_acquire: Callable[[float], None] | None = None
 
     # ------------------------------------------------------------ figures
 
@@ -63,7 +67,13 @@ class Pool:
     ) -> Response:
         """Send a request; returns when the status and headers are in. See module docstring."""
         head = self._head(method, target, headers, body)
-        connection = await self._acquire()
+        on_acquire = self.on_acquire
+        if on_acquire is None:
+            connection = await self._acquire()
+        else:
+            started = time.perf_counter()  # not loop.time(): uvloop's ticks in milliseconds
+            connection = await self._acquire()
+            on_acquire(time.perf_counter() - started)
         try:
             return await connection.request(head, body)
         except RemoteProtocolError:

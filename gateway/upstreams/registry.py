@@ -77,11 +77,20 @@ class Upstream:
 
 
 class Registry(Mapping[str, Upstream]):
-    """Every configured upstream by name; each starts `connected`, enabled as configured."""
+    """Every configured upstream by name; each starts `connected`, enabled as configured.
 
-    def __init__(self, upstreams: Mapping[str, UpstreamConfig]) -> None:
+    `keep` (a config reload) hands over existing `Upstream` objects by name, with their state,
+    health and requests in flight, instead of fresh ones; the caller checks their configs match.
+    """
+
+    def __init__(
+        self, upstreams: Mapping[str, UpstreamConfig], keep: Mapping[str, Upstream] | None = None
+    ) -> None:
+        keep = keep or {}
         self._upstreams = {
-            name: Upstream(
+            name: keep[name]
+            if name in keep
+            else Upstream(
                 name,
                 config,
                 TRANSLATORS[config.provider],
