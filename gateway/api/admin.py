@@ -36,6 +36,7 @@ from gateway.api.responses import json_response
 from gateway.config import ConfigError, Secret, Target
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
 from gateway.openai_types import decode_json, parse_chat_request
+from gateway.reload import reloader_of
 from gateway.runtime import Runtime
 from gateway.upstreams.registry import Upstream
 
@@ -262,20 +263,22 @@ async def disable(request: Request) -> Response:
 async def connect(request: Request) -> Response:
     """Reopen the upstream's client and probe it: `connected` if the probe passed, else
     `unhealthy` (`state_reason` and `health.last_error` say why). Answers 200 either way."""
-    rt = _runtime(request)
-    upstream = _upstream(rt, request)
-    _audit(request, "connect", upstream=upstream.name)
-    await rt.prober.connect(upstream.name)
+    async with reloader_of(request.app).lock:  # never on a runtime a reload is replacing
+        rt = _runtime(request)
+        upstream = _upstream(rt, request)
+        _audit(request, "connect", upstream=upstream.name)
+        await rt.prober.connect(upstream.name)
     return json_response(_view(rt, upstream))
 
 
 async def disconnect(request: Request) -> Response:
     """Stop new traffic at once, wait for its requests in flight (30 s at most), then close
     its client. Answers once it is `disconnected`."""
-    rt = _runtime(request)
-    upstream = _upstream(rt, request)
-    _audit(request, "disconnect", upstream=upstream.name)
-    await rt.prober.disconnect(upstream.name)
+    async with reloader_of(request.app).lock:  # never on a runtime a reload is replacing
+        rt = _runtime(request)
+        upstream = _upstream(rt, request)
+        _audit(request, "disconnect", upstream=upstream.name)
+        await rt.prober.disconnect(upstream.name)
     return json_response(_view(rt, upstream))
 
 
