@@ -523,7 +523,9 @@ def proxy_under_test(
             "--port",
             str(port),
             "--log-level",
-            "warning",
+            "info" if args.request_logs else "warning",
+            "--log-format",
+            "json",
         ]
         proc = procs.start(name, cmd, PROXY_CORE)
         ready = ("/v1/models", True)
@@ -803,6 +805,7 @@ def render(results: list[TargetResult], args: argparse.Namespace, pin: bool) -> 
         ),
         f"- gateway transport: {args.transport or 'default'}; "
         f"resilience machinery: {'on, not binding' if args.resilience else 'defaults'}; "
+        f"request logs: {'on' if args.request_logs else 'off'}; "
         f"{args.duration}s measured after {args.warmup}s warm-up per cell",
         f"- upstream: streams of {args.chunks} chunks, TTFT {args.ttft_ms:g} ms, "
         f"{args.interval_ms:g} ms apart",
@@ -842,6 +845,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "(default: left out, the gateway's default)",
     )
     add("--duration", type=int, default=5, help="measured seconds per cell (%(default)s)")
+    add(
+        "--request-logs",
+        action="store_true",
+        help="the gateway writes its JSON request line per request (to the process log)",
+    )
     add(
         "--resilience",
         action="store_true",

@@ -215,3 +215,45 @@ def test_text_formatter_appends_extras_as_key_value_pairs():
 
     assert "INFO" in line
     assert line.endswith("gw done status=200")
+
+
+def test_the_buffered_handler_writes_lines_in_order_in_batches_and_at_flush():
+    import io
+
+    from gateway.logs import BufferedHandler
+
+    stream = io.BytesIO()
+    handler = BufferedHandler(stream, interval=3600)  # only explicit flushes here
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test.buffered")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for i in range(3):
+            logger.info("line %d", i)
+        assert stream.getvalue() == b""  # nothing written on the caller's thread
+        handler.flush()
+        assert stream.getvalue() == b"line 0\nline 1\nline 2\n"
+    finally:
+        logger.removeHandler(handler)
+
+
+def test_the_buffered_handler_says_how_many_lines_a_full_queue_dropped():
+    import io
+
+    from gateway.logs import BufferedHandler
+
+    stream = io.BytesIO()
+    handler = BufferedHandler(stream, interval=3600, limit=2)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(5):
+        handler.handle(logging.makeLogRecord({"msg": f"m{i}", "levelno": logging.INFO}))
+
+    handler.flush()
+
+    assert stream.getvalue().splitlines() == [
+        b'{"level":"warning","message":"3 log lines dropped"}',
+        b"m3",
+        b"m4",
+    ]
