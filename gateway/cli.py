@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from gateway import __version__, cli_admin
 from gateway.config import Config, ConfigError, json_schema, load_config
@@ -112,20 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         return _serve_workers(args, config, host, port)
     server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host=host,
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_config=None,
-            log_level=args.log_level,
-            server_header=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=25,
-        )
+        uvicorn.Config(create_app(config), **_uvicorn_options(args, host, port))
     )
     # uvicorn re-raises the SIGINT/SIGTERM it shut down on once it is done, with the handler that
     # was installed before it ran: with these no-op handlers a clean shutdown exits 0.
@@ -175,17 +163,7 @@ def _serve_workers(args: argparse.Namespace, config: Config, host: str, port: in
             "gateway.cli:worker_app",
             factory=True,
             workers=args.workers,
-            host=host,
-            port=port,
-            loop="uvloop",
-            http="httptools",
-            lifespan="on",
-            access_log=False,
-            log_config=None,
-            log_level=args.log_level,
-            server_header=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=25,
+            **_uvicorn_options(args, host, port),
         )
     finally:
         if not given:
@@ -208,3 +186,21 @@ def worker_app() -> object:
     # Its live gauges (in flight, pool figures, states) leave the sums when it exits.
     atexit.register(multiprocess.mark_process_dead, os.getpid())
     return create_app(config)
+
+
+def _uvicorn_options(args: argparse.Namespace, host: str, port: int) -> dict[str, Any]:
+    """How `serve` runs uvicorn, with one process or several: the request line replaces the
+    access log, logging is ours, no server header, no proxy headers trusted."""
+    return {
+        "host": host,
+        "port": port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "on",
+        "access_log": False,
+        "log_config": None,
+        "log_level": args.log_level,
+        "server_header": False,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": 25,
+    }
