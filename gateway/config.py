@@ -11,6 +11,7 @@ validated entry by entry here and every error names the full key path and the YA
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -25,6 +26,8 @@ PROVIDERS = ("openai", "azure", "anthropic", "gemini", "ollama", "tgi", "mock")
 Provider = Literal["openai", "azure", "anthropic", "gemini", "ollama", "tgi", "mock"]
 Transport = Literal["native", "httpx"]
 Balancing = Literal["weighted", "least_in_flight"]
+LimitsBackend = Literal["memory", "redis"]
+BackendFailure = Literal["local", "deny"]
 
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
@@ -79,6 +82,20 @@ class ServerConfig(_Settings, frozen=True):
     # How targets of equal priority share requests: at random by `weight`, or to the one with
     # the fewest requests in flight (ties by weight).
     load_balancing: Balancing = "weighted"
+    # SIGTERM: seconds in-flight requests and streams may go on (new ones get 503) before the
+    # streams left get an error event and the process exits. Keep it under the platform's kill
+    # timeout (Kubernetes: terminationGracePeriodSeconds, 30 by default).
+    drain_seconds: NonNegativeFloat = 25.0
+    # Request limits, each refused with a clear error: the request line and headers together
+    # (431), the nesting depth of the JSON body and the number of messages (400).
+    max_header_bytes: PositiveInt = 32 * 1024
+    max_json_depth: PositiveInt = 64
+    max_messages: PositiveInt = 4096
+    # Seconds a client may leave the body unfinished between two reads (slowloris) -> 408,
+    # and seconds a response write may stall on a client that stopped reading before the
+    # gateway gives up on it (bounded memory per stream).
+    body_timeout: PositiveFloat = 30.0
+    write_timeout: PositiveFloat = 30.0
 
 
 class Timeouts(_Settings, frozen=True):
@@ -188,9 +205,35 @@ class Target(_Settings, frozen=True):
     larger_context: bool = False
 
 
+class ClientKey(_Settings, frozen=True):
+    """One client key: the key itself (`key`, from the environment) or its SHA-256 in hex
+    (`key_sha256`, so the file holds no secret), the public models it may use (globs), and
+    limits of its own."""
+
+    name: str
+    key: Secret | None = None
+    key_sha256: str | None = None
+    models: tuple[str, ...] = ("*",)
+    rate_limit: RateLimit | None = None
+
+
 class AuthConfig(_Settings, frozen=True):
     # The admin API's key (`Authorization: Bearer`); none = the admin API is off.
     admin_key: Secret | None = None
+    # No keys and a non-loopback address: the gateway refuses to start unless this is true.
+    allow_unauthenticated: bool = False
+    # Client keys (`Authorization: Bearer <key>` or `api-key: <key>`); none = no client auth.
+    keys: tuple[ClientKey, ...] = ()
+
+
+class LimitsConfig(_Settings, frozen=True):
+    """Where rate limits (upstream and per key, per minute) are counted: in this process
+    (`memory`), or in Redis, shared by every replica (`redis`)."""
+
+    backend: LimitsBackend = "memory"
+    redis_url: Secret | None = None
+    # Redis unreachable: count in this process meanwhile (`local`) or refuse with 503 (`deny`).
+    on_backend_failure: BackendFailure = "local"
 
 
 class Config(_Settings, frozen=True):
@@ -198,6 +241,7 @@ class Config(_Settings, frozen=True):
     upstreams: dict[str, UpstreamConfig] = msgspec.field(default_factory=dict)
     models: dict[str, tuple[Target, ...]] = msgspec.field(default_factory=dict)
     auth: AuthConfig = AuthConfig()
+    limits: LimitsConfig = LimitsConfig()
     source: str = "<defaults>"
 
 
@@ -208,6 +252,8 @@ _ONLY: dict[str, tuple[str, ...]] = {
     "max_tokens": ("anthropic",),
     "api_version": ("azure",),
 }
+_SECTIONS = ("server", "upstreams", "models", "auth", "limits")
+_MIN_KEY_LENGTH = 16  # client keys; shorter ones are guessable
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _ENV = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}")
@@ -401,10 +447,15 @@ class _Reader:
             self.error("", "the config must be a mapping with server, upstreams and models")
             raise ConfigError(self.errors)
         for key in data:
-            if key not in ("server", "upstreams", "models", "auth"):
-                self.error(key, "unknown key (expected server, upstreams, models, auth)")
+            if key not in _SECTIONS:
+                self.error(key, f"unknown key (expected {', '.join(_SECTIONS)})")
         server = self.convert(data.get("server") or {}, ServerConfig, "server")
         auth = self.convert(data.get("auth") or {}, AuthConfig, "auth")
+        if auth is not None:
+            self.check_keys(auth)
+        limits = self.convert(data.get("limits") or {}, LimitsConfig, "limits")
+        if limits is not None and limits.backend == "redis" and not limits.redis_url:
+            self.error("limits.redis_url", "backend redis needs a redis_url (redis://host:port/db)")
         upstreams = {
             name: upstream
             for name, raw in self.section(data, "upstreams")
@@ -428,8 +479,45 @@ class _Reader:
         if self.errors:
             raise ConfigError(self.errors)
         return Config(
-            server=server, upstreams=upstreams, models=models, auth=auth, source=self.source
+            server=server,
+            upstreams=upstreams,
+            models=models,
+            auth=auth,
+            limits=limits,
+            source=self.source,
         )
+
+    def check_keys(self, auth: AuthConfig) -> None:
+        names: set[str] = set()
+        digests: set[str] = set()
+        for i, key in enumerate(auth.keys):
+            path = f"auth.keys[{i}]"
+            if not _NAME.match(key.name):
+                self.error(f"{path}.name", "names use letters, digits and . _ : / @ + -")
+            elif key.name in names:
+                self.error(f"{path}.name", f"duplicate key name '{key.name}'")
+            names.add(key.name)
+            if (key.key is None) == (key.key_sha256 is None):
+                self.error(path, "give exactly one of key and key_sha256")
+                continue
+            if key.key is not None:
+                if len(key.key.reveal()) < _MIN_KEY_LENGTH:
+                    self.error(
+                        f"{path}.key",
+                        f"empty or under {_MIN_KEY_LENGTH} characters (is its variable set?)",
+                    )
+                    continue
+                digest = hashlib.sha256(key.key.reveal().encode()).hexdigest()
+            else:
+                digest = (key.key_sha256 or "").lower()
+                if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                    self.error(f"{path}.key_sha256", "must be 64 hex digits (sha256sum of the key)")
+                    continue
+            if digest in digests:
+                self.error(path, "the same key is given twice")
+            digests.add(digest)
+            if not key.models:
+                self.error(f"{path}.models", "list the model globs this key may use ('*': all)")
 
     def section(self, data: dict[object, object], key: str) -> Iterator[tuple[str, object]]:
         raw = data.get(key) or {}

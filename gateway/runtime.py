@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 import httpx
 
-from gateway.config import Config
+from gateway.config import Config, RateLimit
 from gateway.metrics import Metrics
 from gateway.resilience.breaker import Breaker
 from gateway.resilience.limiter import Limiter
@@ -61,7 +61,7 @@ class Runtime:
         guards = {
             name: Guards(
                 Breaker(name, upstream.breaker, on_change=metrics.breaker_changed),
-                Limiter(name, upstream.rate_limit),
+                new_limiter(config, "upstream", name, upstream.rate_limit),
                 RetryBudget(upstream.retry),
             )
             for name, upstream in config.upstreams.items()
@@ -98,7 +98,7 @@ class Runtime:
             if name in kept
             else Guards(
                 Breaker(name, upstream.breaker, on_change=self.metrics.breaker_changed),
-                Limiter(name, upstream.rate_limit),
+                new_limiter(config, "upstream", name, upstream.rate_limit),
                 RetryBudget(upstream.retry),
             )
             for name, upstream in config.upstreams.items()
@@ -136,6 +136,11 @@ class Runtime:
 
         gone = [u for name, u in self.upstreams.items() if successor.upstreams.get(name) is not u]
         await asyncio.gather(*(close(u) for u in gone))
+
+
+def new_limiter(config: Config, scope: str, name: str, settings: RateLimit | None) -> Limiter:
+    """The limiter of one upstream (`scope` "upstream") or client key (`scope` "key")."""
+    return Limiter(name, settings)
 
 
 _DRAIN_POLL = 0.05  # seconds between looks at a retiring upstream's `in_flight`
