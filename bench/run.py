@@ -470,8 +470,11 @@ def gateway_config(
     transport: str | None,
     provider: str = "openai",
     resilience: bool = False,
+    client_keys: int = 0,
 ) -> str:
-    """The gateway's config: its one upstream is the fake, in OpenAI's or Anthropic's format."""
+    """The gateway's config: its one upstream is the fake, in OpenAI's or Anthropic's format;
+    with `client_keys`, that many client keys (each with limits far above the load when
+    `resilience`), of which the load sends the last (`client_key()`)."""
     extra = f", transport: {json.dumps(transport)}" if transport else ""
     if resilience:
         extra += RESILIENCE
@@ -485,7 +488,25 @@ def gateway_config(
         f"{extra}}}\n"
         "models:\n"
         f"  {MODEL}: [{{upstream: bench, model: {MODEL}}}]\n"
+        + (keys_config(client_keys, resilience) if client_keys else "")
     )
+
+
+def client_key(index: int) -> str:
+    return f"bench-client-key-{index:06d}"
+
+
+def keys_config(count: int, resilience: bool) -> str:
+    limit = (
+        ", rate_limit: {requests_per_minute: 100000000, tokens_per_minute: 100000000000}"
+        if resilience
+        else ""
+    )
+    keys = "".join(
+        f'    - {{name: k{i}, key: "{client_key(i)}", models: ["bench-*", "{MODEL}"]{limit}}}\n'
+        for i in range(count)
+    )
+    return f"auth:\n  keys:\n{keys}"
 
 
 @contextlib.contextmanager
@@ -510,7 +531,9 @@ def proxy_under_test(
         config = tmp / "gateway-bench.yaml"
         provider = "anthropic" if name == "anthropic" else "openai"
         config.write_text(
-            gateway_config(port, upstream_port, args.transport, provider, args.resilience)
+            gateway_config(
+                port, upstream_port, args.transport, provider, args.resilience, args.client_keys
+            )
         )
         (procs.log_dir / "gateway-bench.yaml").write_text(config.read_text())
         cmd = [
@@ -806,6 +829,7 @@ def render(results: list[TargetResult], args: argparse.Namespace, pin: bool) -> 
         f"- gateway transport: {args.transport or 'default'}; "
         f"resilience machinery: {'on, not binding' if args.resilience else 'defaults'}; "
         f"request logs: {'on' if args.request_logs else 'off'}; "
+        f"client keys: {args.client_keys or 'none'}; "
         f"{args.duration}s measured after {args.warmup}s warm-up per cell",
         f"- upstream: streams of {args.chunks} chunks, TTFT {args.ttft_ms:g} ms, "
         f"{args.interval_ms:g} ms apart",
@@ -864,6 +888,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     add("--python", default=sys.executable, help="interpreter for the helpers (%(default)s)")
     add("--gateway-cmd", help="command to run instead of `gateway` (`serve ...` is appended)")
     add("--api-key", help="client key sent to the targets as a Bearer token")
+    add(
+        "--client-keys",
+        type=int,
+        default=0,
+        metavar="N",
+        help="the gateway checks N client keys (auth.keys); the load sends the last one",
+    )
     add("--start-timeout", type=float, default=30.0, help="seconds to get ready (%(default)s)")
     add(
         "--wait-idle",
@@ -874,6 +905,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     add("--output", type=Path, default=RESULTS / "latest.md", help="report file (%(default)s)")
     args = p.parse_args(argv)
+    if args.client_keys > 0 and not args.api_key:
+        args.api_key = client_key(args.client_keys - 1)  # every target gets the same header
     args.concurrency = [c for c in args.concurrency if c > 0]
     args.streams = [n for n in args.streams if n > 0]
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
