@@ -9,6 +9,7 @@ traceback goes to the log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
@@ -24,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import __version__
 from gateway.api import admin
-from gateway.api.chat import chat_completions
+from gateway.api.chat import chat_completions, send_error
 from gateway.api.health import healthz, readyz
 from gateway.api.metrics import metrics
 from gateway.api.models import list_models, retrieve_model
@@ -36,6 +37,14 @@ from gateway.errors import (
     MethodNotAllowed,
     NotFound,
     internal_error,
+)
+from gateway.lifecycle import (
+    ALWAYS_SERVED,
+    Lifecycle,
+    cut_by_drain,
+    cut_short,
+    install_sigterm,
+    refusal,
 )
 from gateway.logs import request_id_of
 from gateway.reload import Reloader, install_sighup
@@ -99,14 +108,51 @@ class Gateway(Starlette):
     """Starlette, with the chat route dispatched before the middleware stack and router.
 
     The chat endpoint renders its own errors and request ids, so it skips the layers every
-    other route needs; each layer costs every request (see bench/).
+    other route needs; each layer costs every request (see bench/). While the gateway drains
+    for shutdown (`lifecycle`, gateway/lifecycle.py) every route but the probes and metrics
+    answers 503; chat requests are tracked, so that the drain can wait for them and cut them.
     """
 
+    lifecycle: Lifecycle
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == CHAT_PATH:
-            await chat_completions(scope, receive, send, self.state.runtime)
-            return
+        if scope["type"] == "http":
+            lifecycle = self.lifecycle
+            if lifecycle.draining and scope["path"] not in ALWAYS_SERVED:
+                await _refuse(scope, send)
+                return
+            if scope["path"] == CHAT_PATH:
+                task = asyncio.current_task()
+                assert task is not None
+                in_flight = lifecycle.in_flight
+                in_flight.add(task)
+                try:
+                    await chat_completions(scope, receive, send, self.state.runtime)
+                except asyncio.CancelledError as exc:
+                    if not cut_by_drain(exc):
+                        raise
+                    await _cut_early(scope, send)
+                finally:
+                    in_flight.discard(task)
+                    if lifecycle.draining:
+                        lifecycle.idle()
+                return
         await super().__call__(scope, receive, send)
+
+
+async def _refuse(scope: Scope, send: Send) -> None:
+    """A request that arrived while draining: 503 `shutting_down`, and the connection closes."""
+    await send_error(send, refusal(), (b"x-request-id", request_id_of(scope["headers"]).encode()))
+
+
+async def _cut_early(scope: Scope, send: Send) -> None:
+    """The drain cut a chat request outside the endpoint's own handling of it (still reading
+    its body, or writing its last bytes): the 503 if no response began, else nothing more
+    (uvicorn refuses the message, and closes the connection of an unfinished response)."""
+    with contextlib.suppress(RuntimeError):
+        await send_error(
+            send, cut_short(), (b"x-request-id", request_id_of(scope["headers"]).encode())
+        )
 
 
 def create_app(
@@ -115,6 +161,7 @@ def create_app(
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
 ) -> Gateway:
     """The gateway as an ASGI app. Its lifespan owns the runtime unless one is passed in."""
+    lifecycle = Lifecycle()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -140,9 +187,13 @@ def create_app(
         reloader = app.state.reloader = Reloader()
         reloader.start_probes(opened)
         uninstall_sighup = install_sighup(app)  # under `gateway serve` only (the main thread)
+        # SIGTERM drains, then hands over to uvicorn's shutdown (gateway/lifecycle.py); likewise.
+        uninstall_sigterm = install_sigterm(lifecycle, lambda: app.state.runtime)
         try:
             yield
         finally:
+            uninstall_sigterm()
+            await lifecycle.aclose()
             uninstall_sighup()
             await reloader.aclose()  # the probes, and old runtimes' drains: closes their clients
             await app.state.runtime.aclose()
@@ -161,6 +212,7 @@ def create_app(
         Exception: _unexpected,
     }
     app = Gateway(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.lifecycle = lifecycle
     if runtime is not None:
         app.state.runtime = runtime
     app.add_middleware(RequestIdMiddleware)

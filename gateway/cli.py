@@ -90,6 +90,12 @@ def _check(args: argparse.Namespace) -> int:
         + (f"; unconfigured: {', '.join(unconfigured)}" if unconfigured else "")
         + ")"
     )
+    from gateway.auth import bind_problem  # the admin commands stay fast without it
+
+    problem = bind_problem(config, config.server.host)
+    if problem is not None:  # `serve --host` may still pick a loopback address: not an error
+        said = "error" if problem.fatal else "warning"
+        print(f"note: `gateway serve` on server.host would say: {said}: {problem.message}")
     return 0
 
 
@@ -102,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # the other commands stay fast without it
 
     from gateway.app import create_app
+    from gateway.auth import bind_problem
     from gateway.logs import setup_logging
 
     setup_logging(args.log_level, args.log_format)
@@ -109,6 +116,11 @@ def _serve(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     host = args.host or config.server.host
+    if (problem := bind_problem(config, host)) is not None:  # no client keys, not loopback
+        if problem.fatal:
+            print(f"error: {problem.message}", file=sys.stderr)
+            return 1
+        log.warning(problem.message)
     port = config.server.port if args.port is None else args.port
     if args.workers > 1:
         return _serve_workers(args, config, host, port)
@@ -190,17 +202,24 @@ def worker_app() -> object:
 
 def _uvicorn_options(args: argparse.Namespace, host: str, port: int) -> dict[str, Any]:
     """How `serve` runs uvicorn, with one process or several: the request line replaces the
-    access log, logging is ours, no server header, no proxy headers trusted."""
+    access log, logging is ours, no server header, no proxy headers trusted, no WebSockets;
+    httptools with the gateway's limits on heads, slow clients and stalled writes
+    (gateway/http.py), which the tests' servers use too."""
+    from gateway.http import GatewayHttpProtocol
+
     return {
         "host": host,
         "port": port,
         "loop": "uvloop",
-        "http": "httptools",
+        "http": GatewayHttpProtocol,
+        "ws": "none",
         "lifespan": "on",
         "access_log": False,
         "log_config": None,
         "log_level": args.log_level,
         "server_header": False,
         "proxy_headers": False,
-        "timeout_graceful_shutdown": 25,
+        # After a SIGTERM the gateway's own drain (server.drain_seconds, gateway/lifecycle.py)
+        # has ended its requests; this only bounds what is left (and SIGINT's quick stop).
+        "timeout_graceful_shutdown": 3,
     }

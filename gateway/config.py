@@ -96,6 +96,9 @@ class ServerConfig(_Settings, frozen=True):
     # gateway gives up on it (bounded memory per stream).
     body_timeout: PositiveFloat = 30.0
     write_timeout: PositiveFloat = 30.0
+    # Seconds a client may take to send a request's line and headers, from its connection or
+    # its first byte (slowloris) -> 408 and the connection closed.
+    header_timeout: PositiveFloat = 10.0
 
 
 class Timeouts(_Settings, frozen=True):
@@ -234,6 +237,13 @@ class LimitsConfig(_Settings, frozen=True):
     redis_url: Secret | None = None
     # Redis unreachable: count in this process meanwhile (`local`) or refuse with 503 (`deny`).
     on_backend_failure: BackendFailure = "local"
+    # Seconds a Redis call (connect, or the admission script) may take before it counts as a
+    # failure: a slow Redis must not stall requests.
+    redis_timeout: PositiveFloat = 0.1
+    # Seconds the limits stay degraded after a Redis failure before Redis is tried again.
+    retry_interval: PositiveFloat = 1.0
+    # Namespace of the buckets' keys in Redis: `<key_prefix>:{<scope>:<name>}:rpm|tpm`.
+    key_prefix: str = "gateway:rl"
 
 
 class Config(_Settings, frozen=True):

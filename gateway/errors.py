@@ -215,3 +215,56 @@ def to_openai_error(exc: GatewayError) -> ErrorEnvelope:
 def internal_error(request_id: str) -> GatewayError:
     """What a client sees for a bug of ours: the request id to quote, nothing internal."""
     return GatewayError(f"internal error; quote request id {request_id} when reporting it")
+
+
+class InvalidApiKey(AuthenticationFailed):
+    """A client key missing or wrong (401), in OpenAI's words: its `type` for this is
+    `invalid_request_error`. The message never echoes the key; `fingerprint` names a wrong
+    one for the log line."""
+
+    type = "invalid_request_error"
+    fingerprint: str | None = None
+
+
+class ModelNotAllowed(GatewayError):
+    """The client key may not use the requested model (403)."""
+
+    status = 403
+    type = "invalid_request_error"
+    code = "model_not_allowed"
+    retryable = False
+
+
+class LimitsBackendUnavailable(GatewayError):
+    """The shared rate limits' store (Redis) is unreachable and `limits.on_backend_failure` is
+    `deny`: nothing is sent that the shared limits could not count (503, retry-after). Another
+    upstream of the chain may still serve, so the chain moves on."""
+
+    status = 503
+    type = "server_error"
+    code = "rate_limit_backend_unavailable"
+    fallback = True
+
+
+class ShuttingDown(GatewayError):
+    """The gateway is draining for shutdown (SIGTERM): a new request is refused, and one still
+    running when `server.drain_seconds` ran out is cut (503; retryable, elsewhere)."""
+
+    status = 503
+    type = "server_error"
+    code = "shutting_down"
+
+
+class RequestHeadersTooLarge(InvalidRequest):
+    """The request line and headers exceed `server.max_header_bytes` (431)."""
+
+    status = 431
+    code = "request_header_fields_too_large"
+
+
+class RequestTimeout(InvalidRequest):
+    """The client left its request unfinished for too long (408): headers or body dribbled."""
+
+    status = 408
+    code = "request_timeout"
+    retryable = True  # a client on a slow link may well get through on the next try

@@ -35,7 +35,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from gateway import __version__
@@ -138,6 +138,19 @@ class _Tokens:
         self.completion = metrics.tokens.labels(upstream, model, "completion")
         self.cached = metrics.tokens.labels(upstream, model, "cached")
         self.cost = metrics.cost.labels(upstream, model)
+
+
+class _KeyFigures:
+    """One client key's counters."""
+
+    __slots__ = ("cached", "completion", "cost", "prompt", "requests")
+
+    def __init__(self, metrics: Metrics, key: str) -> None:
+        self.requests = {code: metrics.key_requests.labels(key, code) for code in CODES}
+        self.prompt = metrics.key_tokens.labels(key, "prompt")
+        self.completion = metrics.key_tokens.labels(key, "completion")
+        self.cached = metrics.key_tokens.labels(key, "cached")
+        self.cost = metrics.key_cost.labels(key)
 
 
 class Metrics:
@@ -245,15 +258,49 @@ class Metrics:
         self._ratelimit_wait: dict[str, Histogram] = {}
         self._tokens: dict[tuple[str, str], _Tokens] = {}
         for model in (*config.models, UNKNOWN):
-            self._request_duration[model] = self.request_duration.labels(model)
-            for code in CODES:
-                self._requests[model, code] = self.requests.labels(model, code)
+            self._bind_model(model)
         for name in config.upstreams:
             self._bind_upstream(name)
         for model, targets in config.models.items():
             for target in targets:
                 if target.upstream in config.upstreams:
                     self._tokens[target.upstream, model] = _Tokens(self, target.upstream, model)
+
+        # Per client key (issue 6), by the key's configured name; requests without a key (no
+        # auth.keys) are not counted here.
+        self.key_requests = Counter(
+            "gateway_key_requests", "Client chat requests by client key name and status class.",
+            ["key", "code"], registry=r,
+        )  # fmt: skip
+        self.key_tokens = Counter(
+            "gateway_key_tokens", "Tokens used by client key name and kind.",
+            ["key", "kind"], registry=r,
+        )  # fmt: skip
+        self.key_cost = Counter(
+            "gateway_key_cost_usd", "What a client key's requests cost, in USD.",
+            ["key"], registry=r,
+        )  # fmt: skip
+        self._keys: dict[str, _KeyFigures] = {}
+        for key in config.auth.keys:
+            self._keys[key.name] = _KeyFigures(self, key.name)
+
+        # The shared rate limits' store (limits.backend: redis, gateway/resilience/shared.py):
+        # 1 while this process cannot reach it and applies `limits.on_backend_failure`.
+        self.limits_degraded = Gauge(
+            "gateway_limits_backend_degraded",
+            "1 while the shared rate limits' Redis is unreachable (local counting or deny).",
+            registry=r, multiprocess_mode="livemax",
+        )  # fmt: skip
+        self.limits_backend_errors = Counter(
+            "gateway_limits_backend_errors",
+            "Calls to the shared rate limits' Redis that failed (refused, timed out, errors).",
+            registry=r,
+        )  # fmt: skip
+
+    def _bind_model(self, model: str) -> None:
+        self._request_duration[model] = self.request_duration.labels(model)
+        for code in CODES:
+            self._requests[model, code] = self.requests.labels(model, code)
 
     def _bind_upstream(self, name: str) -> None:
         self._upstream_duration[name] = self.upstream_duration.labels(name)
@@ -276,14 +323,21 @@ class Metrics:
         for name in runtime.config.upstreams:
             if name not in self._upstream_duration:
                 self._bind_upstream(name)
+        for model in runtime.config.models:
+            if model not in self._request_duration:
+                self._bind_model(model)  # a model a reload added
         self._models = frozenset(runtime.config.models)
         if self._multiprocess and self._timer is None:
             self._timer = asyncio.get_running_loop().call_later(_REFRESH_EVERY, self._tick)
 
     def close(self) -> None:
+        """At shutdown. In multiprocess mode this worker's live gauges also leave the sums: a
+        worker that ends on SIGTERM dies by the re-raised signal (uvicorn), without atexit."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._multiprocess:
+            mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
     def _tick(self) -> None:
         self._refresh()
@@ -405,6 +459,38 @@ class Metrics:
             "errors": errors,
             "p50_ms": None if p50 is None else round(p50 * 1000.0, 3),
         }
+
+    # ------------------------------------------------------------ per client key
+
+    def _key(self, name: str) -> _KeyFigures:
+        figures = self._keys.get(name)
+        if figures is None:  # a key a reload added
+            figures = self._keys[name] = _KeyFigures(self, name)
+        return figures
+
+    def key_request(self, name: str, status: int) -> None:
+        """A chat request that presented client key `name` ended with `status`."""
+        self._key(name).requests[status_class(status)].inc()
+
+    def key_usage(self, name: str, prompt: int, completion: int, cached: int, cost: float) -> None:
+        """What the request of client key `name` used, once its serving attempt reported it."""
+        figures = self._key(name)
+        figures.prompt.inc(prompt)
+        figures.completion.inc(completion)
+        if cached:
+            figures.cached.inc(cached)
+        if cost:
+            figures.cost.inc(cost)
+
+    # ------------------------------------------------------------ shared limits' backend
+
+    def limits_backend_changed(self, degraded: bool) -> None:
+        """The shared limits' Redis became unreachable (`degraded`), or reachable again."""
+        self.limits_degraded.set(1.0 if degraded else 0.0)
+
+    def limits_backend_failed(self) -> None:
+        """A call to the shared limits' Redis failed."""
+        self.limits_backend_errors.inc()
 
 
 def _quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

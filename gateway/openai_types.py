@@ -1,15 +1,21 @@
 """OpenAI's chat wire format: TypedDicts for what the gateway emits, and the request parser.
 
 `parse_chat_request()` is the one gate untrusted bodies pass. It decodes strictly (no NaN, no
-invalid UTF-8 or lone surrogates, no duplicate keys, bounded depth) and checks the types and
-required fields of `CreateChatCompletionRequest` in the OpenAI spec. It keeps the body as sent,
-so fields the gateway does not know still reach OpenAI-compatible upstreams. Every rejection is
-an `InvalidRequest` naming the param, in the spec's own words where it has them.
+invalid UTF-8 or lone surrogates, no duplicate keys, bounded depth and number of messages) and
+checks the types and required fields of `CreateChatCompletionRequest` in the OpenAI spec. It
+keeps the body as sent, so fields the gateway does not know still reach OpenAI-compatible
+upstreams (re-serialised from the parsed value, never the client's bytes), except top-level
+fields named like a URL, host, credential or header set (`api_base`, `base_url`, `api_key`,
+`extra_headers`, ...): proxies such as LiteLLM honour those from a request body, which would let
+a client send the upstream's key elsewhere, so they are refused. Every rejection is an
+`InvalidRequest` naming the param, in the spec's own words where it has them.
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -19,7 +25,8 @@ import orjson
 
 from gateway.errors import InvalidRequest
 
-MAX_JSON_DEPTH = 64
+MAX_JSON_DEPTH = 64  # defaults of server.max_json_depth and server.max_messages
+MAX_MESSAGES = 4096
 MAX_MODEL_NAME = 256
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
@@ -138,13 +145,18 @@ class ChatRequest:
 # ------------------------------------------------------------------- decoding
 
 
-def decode_json(body: bytes) -> object:
-    """Decode an untrusted JSON body. Raises InvalidRequest for anything a strict parser refuses."""
+def decode_json(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> object:
+    """Decode an untrusted JSON body. Raises InvalidRequest for anything a strict parser refuses
+    and for nesting deeper than `max_depth` (orjson stops at 1024 on its own)."""
     try:
         data = orjson.loads(body)  # refuses NaN/Infinity, invalid UTF-8 and lone surrogates
     except orjson.JSONDecodeError as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    keys = _count_keys(data, 1)
+    try:
+        # The walk that counts keys (below) is one the parse needs anyway: depth costs nothing.
+        keys = _count_keys(data, 1, max_depth)
+    except RecursionError:  # a limit set above what Python's stack allows
+        raise InvalidRequest("the request body nests JSON deeper than the gateway reads") from None
     # Every object key is followed by exactly one ':' outside strings; orjson keeps the last of
     # duplicate keys silently. When the colons add up to the keys, no key repeats; otherwise
     # (colons inside strings, or repeats) a second, slower parser decides.
@@ -153,22 +165,26 @@ def decode_json(body: bytes) -> object:
     return data
 
 
-def _count_keys(value: object, depth: int) -> int:
-    if depth > MAX_JSON_DEPTH:
-        raise InvalidRequest(f"the request body nests JSON deeper than {MAX_JSON_DEPTH} levels")
+def _count_keys(value: object, depth: int, max_depth: int) -> int:
+    if depth > max_depth:
+        raise _too_deep(max_depth)
     if isinstance(value, dict):
         keys = len(value)
         for item in value.values():
             if isinstance(item, dict | list):
-                keys += _count_keys(item, depth + 1)
+                keys += _count_keys(item, depth + 1, max_depth)
         return keys
     if isinstance(value, list):
         keys = 0
         for item in value:
             if isinstance(item, dict | list):
-                keys += _count_keys(item, depth + 1)
+                keys += _count_keys(item, depth + 1, max_depth)
         return keys
     return 0
+
+
+def _too_deep(max_depth: int) -> InvalidRequest:
+    return InvalidRequest(f"the request body nests JSON deeper than {max_depth} levels")
 
 
 def _pairs_without_repeats(pairs: list[tuple[str, object]]) -> JSONObject:
@@ -203,15 +219,20 @@ def parse_chat_request(
     *,
     request_id: str = "gateway",
     created: int = 0,
+    max_depth: int = MAX_JSON_DEPTH,
+    max_messages: int = MAX_MESSAGES,
 ) -> ChatRequest:
     """Decode and validate a `CreateChatCompletionRequest`. Raises InvalidRequest.
 
     `forward_headers` are the client's headers that may go upstream (see api/chat.py);
-    `request_id` and `created` give completions built by the gateway their id and time.
+    `request_id` and `created` give completions built by the gateway their id and time;
+    `max_depth` bounds the JSON's nesting and `max_messages` the number of messages.
     """
-    data = decode_json(body)
+    data = decode_json(body, max_depth)
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    if not _SPEC_FIELDS.issuperset(data):
+        _refuse_routing_fields(data)
     model = data.get("model")
     if model is None:
         raise InvalidRequest("you must provide a model parameter", param="model")
@@ -228,6 +249,11 @@ def parse_chat_request(
         raise InvalidRequest("'messages' must be an array", param="messages")
     if not messages:
         raise InvalidRequest("'messages' must contain at least one message", param="messages")
+    if len(messages) > max_messages:
+        raise InvalidRequest(
+            f"'messages' has {len(messages)} messages; the gateway takes at most {max_messages}",
+            param="messages",
+        )
     for i, message in enumerate(messages):
         _check_message(message, f"messages[{i}]")
     for name, check in _PARAMS.items():
@@ -503,3 +529,49 @@ _PARAMS: dict[str, Callable[[object, str], None]] = {
     "response_format": _response_format,
     "store": _boolean,
 }
+
+
+# ------------------------------------------------------------------- routing fields
+
+# The top-level fields of `CreateChatCompletionRequest` in the OpenAI spec (tests/data).
+_SPEC_FIELDS = frozenset(
+    {
+        "audio", "frequency_penalty", "function_call", "functions", "logit_bias", "logprobs",
+        "max_completion_tokens", "max_tokens", "messages", "metadata", "modalities", "model",
+        "moderation", "n", "parallel_tool_calls", "prediction", "presence_penalty",
+        "prompt_cache_key", "prompt_cache_options", "prompt_cache_retention", "reasoning_effort",
+        "response_format", "safety_identifier", "seed", "service_tier", "stop", "store", "stream",
+        "stream_options", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user",
+        "verbosity", "web_search_options",
+    }
+)  # fmt: skip
+# Words of a field name that say it picks where a request goes or what credentials it carries;
+# e.g. LiteLLM takes `api_base`, `base_url`, `api_key`, `api_version`, `extra_headers`,
+# `aws_region_name`, `vertex_project` and `user_config` from a request body.
+_ROUTING_WORDS = frozenset(
+    {
+        "url", "uri", "base", "apibase", "baseurl", "host", "hostname", "endpoint", "domain",
+        "proxy", "key", "apikey", "secret", "password", "credential", "credentials", "auth",
+        "authorization", "bearer", "cookie", "header", "headers", "organization", "project",
+        "region", "location", "deployment", "version", "config", "aws", "azure", "vertex",
+        "bedrock", "litellm",
+    }
+)  # fmt: skip
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
+
+
+def _refuse_routing_fields(data: JSONObject) -> None:
+    """Raises InvalidRequest for the first field outside the spec named like a routing field."""
+    for name in data:
+        if name not in _SPEC_FIELDS and _is_routing_field(name):
+            raise InvalidRequest(
+                f"'{name[:64]}' is not accepted: the gateway alone chooses upstream URLs, "
+                "hosts, headers and credentials",
+                param=name[:64],
+                code="forbidden_parameter",
+            )
+
+
+@functools.lru_cache(maxsize=1024)  # bounded: names come from clients
+def _is_routing_field(name: str) -> bool:
+    return any(word.lower() in _ROUTING_WORDS for word in _WORDS.findall(name))

@@ -13,8 +13,10 @@ from dataclasses import dataclass, field, replace
 
 import httpx
 
+from gateway.auth import KeyTable
 from gateway.config import Config, RateLimit
 from gateway.metrics import Metrics
+from gateway.resilience import shared
 from gateway.resilience.breaker import Breaker
 from gateway.resilience.limiter import Limiter
 from gateway.resilience.retry import RetryBudget
@@ -46,6 +48,7 @@ class Runtime:
     usage: Usage
     draw: Callable[[], float] = random.random  # routing and backoff jitter (tests fix it)
     started: float = field(default_factory=time.time)
+    keys: KeyTable | None = None  # client keys (gateway/auth.py); None: no client auth
 
     @classmethod
     async def open(
@@ -55,6 +58,7 @@ class Runtime:
         it). `transports` replace upstreams' networks (tests)."""
         upstreams = Registry(config.upstreams)
         metrics = Metrics(config)
+        shared.watch(metrics)  # the shared limits' degraded gauge
         clients = await Clients.open(config.upstreams, transports)
         for name in config.upstreams:
             clients.observe_acquire(name, metrics.acquire_observer(name))
@@ -68,13 +72,17 @@ class Runtime:
         }
         routes = Routes(config.models, upstreams, config.server.load_balancing)
         prober = Prober(upstreams, clients)
-        runtime = cls(config, upstreams, routes, clients, guards, prober, metrics, Usage())
+        keys = KeyTable.build(config, new_limiter)
+        runtime = cls(
+            config, upstreams, routes, clients, guards, prober, metrics, Usage(), keys=keys
+        )
         metrics.watch(runtime)
         return runtime
 
     async def aclose(self) -> None:
         self.metrics.close()
         await self.clients.aclose()
+        await shared.aclose_stores()  # the shared limits' Redis pool, if any
 
     async def derive(self, config: Config) -> Runtime:
         """The runtime for `config` (a reload), built from this one. An upstream whose
@@ -93,13 +101,16 @@ class Runtime:
         for name in config.upstreams:
             clients.observe_acquire(name, self.metrics.acquire_observer(name))
         upstreams = Registry(config.upstreams, keep=kept)
+        same_limits = config.limits == self.config.limits  # else every limiter is rebuilt
         guards = {
             name: self.guards[name]
-            if name in kept
+            if name in kept and same_limits
             else Guards(
-                Breaker(name, upstream.breaker, on_change=self.metrics.breaker_changed),
+                self.guards[name].breaker
+                if name in kept
+                else Breaker(name, upstream.breaker, on_change=self.metrics.breaker_changed),
                 new_limiter(config, "upstream", name, upstream.rate_limit),
-                RetryBudget(upstream.retry),
+                self.guards[name].budget if name in kept else RetryBudget(upstream.retry),
             )
             for name, upstream in config.upstreams.items()
         }
@@ -112,6 +123,7 @@ class Runtime:
             clients=clients,
             guards=guards,
             prober=Prober(upstreams, clients),
+            keys=KeyTable.build(config, new_limiter, previous=self.keys),
         )
         self.metrics.watch(successor)
         return successor
@@ -139,7 +151,15 @@ class Runtime:
 
 
 def new_limiter(config: Config, scope: str, name: str, settings: RateLimit | None) -> Limiter:
-    """The limiter of one upstream (`scope` "upstream") or client key (`scope` "key")."""
+    """The limiter of one upstream (`scope` "upstream") or client key (`scope` "key"): counted
+    in Redis when `limits.backend` is redis and it has per-minute limits, else in this process
+    (no Redis round trip)."""
+    if (
+        config.limits.backend == "redis"
+        and settings is not None
+        and (settings.requests_per_minute or settings.tokens_per_minute)
+    ):
+        return shared.SharedLimiter(scope, name, settings, shared.store_for(config.limits))
     return Limiter(name, settings)
 
 

@@ -1,5 +1,8 @@
 """Tokens and cost since start, per client key, per public model and per upstream (`/admin/usage`).
 
+A client key counts under its configured name (never the key); with no `auth.keys` every request
+counts under "anonymous".
+
 In memory and per process: with several workers each keeps its own (Prometheus'
 `gateway_tokens_total` and `gateway_cost_usd_total` are the totals over workers). A request
 counts once, when the attempt that served it ends with its usage known.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-ANONYMOUS = "anonymous"  # the key name until client keys exist
+ANONYMOUS = "anonymous"  # the key name of requests when no client keys (auth.keys) are set
 
 
 class Figures(TypedDict):

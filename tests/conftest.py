@@ -78,7 +78,8 @@ StartGateway = Callable[..., GatewayServer]
 
 @pytest.fixture
 def gateway_server() -> Iterator[StartGateway]:
-    """`start(config, *, loop="asyncio", **app_options)` serves the gateway built from `config`.
+    """`start(config, *, loop="asyncio", **app_options)` serves the gateway built from `config`,
+    under uvicorn with `gateway serve`'s HTTP protocol (gateway/http.py: its limits apply).
 
     `config` is gateway.yaml text or the same as a dict; `server.host`/`server.port` are
     ignored (the server binds 127.0.0.1:0). `app_options` go to `create_app` (`runtime=`,
@@ -88,6 +89,7 @@ def gateway_server() -> Iterator[StartGateway]:
     """
     from gateway.app import create_app
     from gateway.config import parse_config
+    from gateway.http import GatewayHttpProtocol
 
     with contextlib.ExitStack() as stack:
 
@@ -99,7 +101,9 @@ def gateway_server() -> Iterator[StartGateway]:
             )
             parsed = parse_config(text, source="<test>")
             app = create_app(parsed, **app_options)
-            server = stack.enter_context(ServerThread(app, name="gateway", loop=loop))
+            server = stack.enter_context(
+                ServerThread(app, name="gateway", loop=loop, http=GatewayHttpProtocol)
+            )
             return GatewayServer(url=server.url, config=parsed, app=app)
 
         yield start

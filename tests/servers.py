@@ -52,7 +52,8 @@ class ServerThread:
 
     `loop` picks the event loop the app runs on; `lifespan="on"` runs the app's startup before
     `start()` returns and its shutdown inside `stop()`; `graceful_timeout` (seconds) bounds how
-    long `stop()` lets in-flight requests finish before uvicorn cancels them.
+    long `stop()` lets in-flight requests finish before uvicorn cancels them; `http` is
+    uvicorn's protocol (the gateway's fixtures pass `gateway serve`'s, `GatewayHttpProtocol`).
     """
 
     def __init__(
@@ -62,7 +63,7 @@ class ServerThread:
         name: str = "server",
         loop: LoopName = "asyncio",
         lifespan: Literal["on", "off"] = "on",
-        http: Literal["auto", "h11", "httptools"] = "auto",
+        http: Literal["auto", "h11", "httptools"] | type[asyncio.Protocol] = "auto",
         graceful_timeout: int = 5,
         ssl_certfile: str | None = None,
         ssl_keyfile: str | None = None,

@@ -18,17 +18,25 @@ from typing import Any
 import orjson
 
 from gateway import pipeline
+from gateway.auth import Caller, KeyTable
+from gateway.config import ServerConfig
 from gateway.errors import (
     GatewayError,
+    InvalidApiKey,
     InvalidRequest,
     MethodNotAllowed,
+    RateLimited,
+    RequestTimeout,
     RequestTooLarge,
     UpstreamTimeout,
     internal_error,
     to_openai_error,
 )
+from gateway.http import BODY_TIMED_OUT
+from gateway.lifecycle import DRAIN_CUT, cut_by_drain, cut_short
 from gateway.logs import request_id_of
 from gateway.openai_types import ChatCompletionChunk, ChatRequest, parse_chat_request
+from gateway.resilience.limiter import Permit
 from gateway.resilience.retry import Deadline, requested_timeout
 from gateway.runtime import Runtime
 from gateway.sse import DONE, KEEPALIVE
@@ -60,7 +68,11 @@ _NOT_FORWARDED = frozenset(
         "forwarded", "via", "x-real-ip", "openai-organization", "openai-project", "api-key",
     }
 )  # fmt: skip
-_NOT_FORWARDED_PARTS = ("auth", "key", "token", "cookie", "secret", "session", "password")
+_NOT_FORWARDED_PARTS = (
+    "auth", "key", "token", "cookie", "secret", "session", "password", "credential",
+    # where a request goes: hosts, URLs, API bases, endpoints, tenants
+    "host", "url", "uri", "base", "endpoint", "organization", "project",
+)  # fmt: skip
 _NOT_FORWARDED_PREFIXES = ("x-forwarded-", "proxy-", "x-gateway-", "x-amz-", "sec-")
 
 
@@ -109,17 +121,32 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
     record: dict[str, object] = {"request_id": request_id, "status": 500}
     model: str | None = None
     attempts: pipeline.Attempts | None = None
+    caller: Caller | None = None  # the client key's, when auth.keys are configured
+    permit: Permit | None = None
     rt.metrics.request_started()
     try:
-        body = await _read_body(scope, receive, rt.config.server.max_body_bytes)
+        if rt.keys is not None:  # before the body: a stranger's body is never read
+            caller = _authenticate(rt.keys, scope, record)
+        body = await _read_body(scope, receive, rt.config.server)
         request = parse_chat_request(
-            body, forward_headers(scope), request_id=request_id, created=int(time.time())
+            body,
+            forward_headers(scope),
+            request_id=request_id,
+            created=int(time.time()),
+            max_depth=rt.config.server.max_json_depth,
+            max_messages=rt.config.server.max_messages,
         )
         model = request.model
         record.update(model=model, stream=request.stream)
+        if caller is not None:
+            caller.check_model(model)  # 403, before a 404 could tell what exists beyond it
         rt.routes.chain_for(model)  # an unknown model is a 404 before any work
+        if caller is not None and caller.limiter is not None:
+            permit = await _admit(caller, request, rt)
+            if caller.reports_limits:
+                send = _with_rate_headers(send, caller)
         deadline = Deadline(_timeout(scope, rt.config.server.request_timeout))
-        attempts = pipeline.Attempts(rt, model)
+        attempts = pipeline.Attempts(rt, model, key=caller.name if caller else None)
         handler = _stream if request.stream else _complete
         await handler(request, rt, deadline, receive, send, record, id_header, attempts)
     except ClientDisconnected:
@@ -132,6 +159,10 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
     except Exception:
         log.exception("unexpected error", extra={"request_id": request_id})
         await send_error(send, internal_error(request_id), id_header)
+    except asyncio.CancelledError as exc:
+        if exc.args and exc.args[0] == DRAIN_CUT:  # the 503 is sent by Gateway.__call__
+            record.update(status=503, error="shutting_down")
+        raise
     finally:
         seconds = time.perf_counter() - started
         record["duration_ms"] = round(seconds * 1000, 2)
@@ -144,7 +175,60 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
             seconds,
             attempts.upstream_seconds if attempts is not None else 0.0,
         )
+        if caller is not None:
+            _settle_key(rt, caller, permit, attempts, record["status"])
         log.info("chat completion", extra=record)
+
+
+def _authenticate(keys: KeyTable, scope: Scope, record: dict[str, object]) -> Caller:
+    """The request's client key; InvalidApiKey (401) when missing or wrong. The log line gets
+    the key's name, or a wrong key's fingerprint."""
+    try:
+        caller = keys.lookup(scope["headers"])
+    except InvalidApiKey as exc:
+        if exc.fingerprint is not None:
+            record["key_fingerprint"] = exc.fingerprint
+        raise
+    record["key"] = caller.name
+    return caller
+
+
+async def _admit(caller: Caller, request: ChatRequest, rt: Runtime) -> Permit | None:
+    """A permit of the client key's own limiter, or RateLimited (429 with its headers)."""
+    try:
+        return await caller.admit(request.body)
+    except RateLimited:
+        rt.metrics.ratelimit_rejected("key", caller.name)
+        raise
+
+
+def _with_rate_headers(send: Send, caller: Caller) -> Send:
+    """`send`, adding the client key's `x-ratelimit-*` headers to a 200's start (read then,
+    after this request's charge)."""
+
+    async def send_with_limits(message: Message) -> None:
+        if message["type"] == "http.response.start" and message["status"] == 200:
+            message["headers"] = [*message["headers"], *caller.rate_headers()]
+        await send(message)
+
+    return send_with_limits
+
+
+def _settle_key(
+    rt: Runtime,
+    caller: Caller,
+    permit: Permit | None,
+    attempts: pipeline.Attempts | None,
+    status: object,
+) -> None:
+    """The request of a client key ended: release its limiter permit with the tokens used
+    (the estimate stands when the upstream reported none) and count it under the key."""
+    used = attempts.tokens if attempts is not None else None
+    if permit is not None:
+        permit.release(used[0] + used[1] if used is not None else None)
+    rt.metrics.key_request(caller.name, status if isinstance(status, int) else 500)
+    if used is not None and attempts is not None:
+        rt.metrics.key_usage(caller.name, *used, attempts.cost_usd)
 
 
 def _note_attempts(record: dict[str, object], attempts: pipeline.Attempts) -> None:
@@ -175,10 +259,12 @@ async def _complete(
             completion, served = await pipeline.complete(request, rt, deadline, attempts)
     except TimeoutError:
         raise _deadline(deadline) from None
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         if watch.disconnected():
             record.update(status=499, error="client_disconnected")
             return
+        if cut_by_drain(exc):  # shutdown: server.drain_seconds ran out before the answer
+            raise cut_short() from None
         raise
     finally:
         watch.stop()
@@ -249,13 +335,23 @@ async def _stream(
                             prompt_tokens=usage["prompt_tokens"],
                             completion_tokens=usage["completion_tokens"],
                         )
-    except asyncio.CancelledError:
+    except asyncio.CancelledError as exc:
         if keepalive is not None:
             keepalive.cancel()
         if watch.disconnected():
             record.update(status=499, error="client_disconnected")
             return
-        raise
+        if not cut_by_drain(exc):
+            raise
+        # Shutdown: server.drain_seconds ran out. Before the 200, a 503; after it, the error
+        # event and the stream's end, as for an upstream failure after the first byte.
+        cut = cut_short()
+        if record["status"] != 200:
+            raise cut from None
+        if keepalive is not None:
+            await keepalive.stop()  # a keep-alive comment being written goes first
+        record["error"] = cut.code
+        await send(_more(b"data: " + orjson.dumps(to_openai_error(cut)) + b"\n\n"))
     except (GatewayError, TimeoutError) as exc:
         if keepalive is not None:
             await keepalive.stop()
@@ -309,8 +405,11 @@ def _timeout(scope: Scope, default: float) -> float:
     return default
 
 
-async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
-    """The whole request body, refusing (413) as soon as it is known to exceed `limit`."""
+async def _read_body(scope: Scope, receive: Receive, server: ServerConfig) -> bytes:
+    """The whole request body, refusing (413) as soon as it is known to exceed
+    `server.max_body_bytes`, and (408) once the gateway's HTTP protocol (gateway/http.py)
+    flags it stalled for `server.body_timeout` seconds and wakes this read."""
+    limit = server.max_body_bytes
     for key, value in scope["headers"]:
         if key == b"content-length":
             try:
@@ -333,6 +432,11 @@ async def _read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         parts.append(part)
         if not message.get("more_body", False):
             return parts[0] if len(parts) == 1 else b"".join(parts)
+        if BODY_TIMED_OUT in scope:
+            raise RequestTimeout(
+                f"the request body stalled: no bytes for {server.body_timeout:g} s",
+                headers={"connection": "close"},  # the rest of the body may still come
+            )
 
 
 class ClientDisconnected(Exception):

@@ -327,6 +327,12 @@ def _error_for(
             code="upstream_overloaded",
             headers=retry,
         )
+    if 300 <= status < 400:  # never followed: the upstream's key goes to its own host only
+        return UpstreamError(
+            f"upstream '{upstream}' answered with a redirect ({status}), which the gateway "
+            "does not follow; check the upstream's base_url",
+            code="upstream_redirect",
+        )
     return UpstreamError(
         f"upstream '{upstream}' failed with status {status}: {message}", headers=retry
     )

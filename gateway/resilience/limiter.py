@@ -390,6 +390,11 @@ class Limiter:
             "paused_for": self.paused_for(),
         }
 
+    def headers(self) -> dict[str, str]:
+        """The `x-ratelimit-*` headers of the limits as they stand now (a client key's
+        limits on its successful responses); none for limits that are not per minute."""
+        return self._headers(None)
+
     def _refusal(self, why: str, *, tokens: int = 0, wait: float | None = None) -> RateLimited:
         name = f"upstream '{self.name}'"
         retry: float | None

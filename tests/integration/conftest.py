@@ -130,12 +130,13 @@ def serve(
     (the `gateway_server` fixture's default is asyncio, so the tests cover both)."""
     from gateway.app import create_app
     from gateway.config import parse_config
+    from gateway.http import GatewayHttpProtocol
 
     if isinstance(config, Mapping):
         text = yaml.safe_dump(dict(config), sort_keys=False)
         config = parse_config(text, source="<test>", environ=environ)
     app = create_app(config)
-    with ServerThread(app, name="gateway", loop=loop) as server:
+    with ServerThread(app, name="gateway", loop=loop, http=GatewayHttpProtocol) as server:
         _SHARED.append(app)
         try:
             yield GatewayServer(url=server.url, config=config, app=app)

@@ -78,7 +78,7 @@ def test_schema_is_json_schema_describing_the_config():
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     config = schema["$defs"]["Config"]
-    assert set(config["properties"]) == {"server", "upstreams", "models", "auth"}
+    assert set(config["properties"]) == {"server", "upstreams", "models", "auth", "limits"}
     assert config["additionalProperties"] is False
     assert "base_url" in schema["$defs"]["UpstreamConfig"]["properties"]
 

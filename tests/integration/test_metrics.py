@@ -9,6 +9,7 @@ anywhere in it, and `gateway serve --workers 2` adding up the counters of both w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -332,6 +333,12 @@ def _free_port() -> int:
 @pytest.fixture
 def two_workers(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     """`gateway serve --workers 2` on a free port, with its multiprocess directory."""
+    with _two_workers(tmp_path) as (url, directory, _):
+        yield url, directory
+
+
+@contextlib.contextmanager
+def _two_workers(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
     config = tmp_path / "gateway.yaml"
     config.write_text(
         "upstreams:\n  mock: {provider: mock, ttft: 0.05, tokens_per_second: 1000}\n"
@@ -359,7 +366,7 @@ def two_workers(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
     try:
         wait_until(up, timeout=30, what="the workers to serve")
-        yield url, directory
+        yield url, directory, process
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -386,6 +393,20 @@ def _per_worker_requests(directory: Path, scratch: Path) -> dict[str, float]:
             if sample.name == "gateway_requests_total"
         )
     return counts
+
+
+def test_workers_stopped_by_sigterm_leave_no_live_gauges_behind(tmp_path: Path):
+    with _two_workers(tmp_path) as (url, directory, process):
+        assert httpx.post(url + CHAT, json=chat_body(model="mock-1"), timeout=10).is_success
+        wait_until(
+            lambda: len(list(directory.glob("gauge_live*_*.db"))) >= 2,
+            timeout=10,
+            what="both workers' live gauge files",
+        )
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+    # In-flight requests, pool and breaker states of dead workers would add to the next ones'.
+    assert list(directory.glob("gauge_live*_*.db")) == []
 
 
 def test_two_workers_counters_add_up_over_both(two_workers: tuple[str, Path], tmp_path: Path):

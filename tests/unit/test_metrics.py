@@ -19,6 +19,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.metrics import OUTCOMES, Metrics, _quantile, outcome_of, reason_of, status_class
+from gateway.runtime import Runtime
 from gateway.usage import Usage
 
 CONFIG = """
@@ -109,6 +110,20 @@ def test_an_unknown_model_is_counted_as_unknown():
         metrics
     )
     assert value(metrics, "gateway_in_flight_requests") == 0
+
+
+def test_a_model_a_reload_adds_is_counted_under_its_name():
+    async def reload_then_serve() -> Metrics:
+        runtime = await Runtime.open(config())
+        reloaded = parse_config(CONFIG + "  big: [{upstream: a, model: m-9}]\n", source="<t>")
+        successor = await runtime.derive(reloaded)  # watches the successor
+        successor.metrics.request_started()
+        successor.metrics.request_ended("big", 200, 0.001, 0.0)
+        await successor.aclose()
+        return successor.metrics
+
+    metrics = asyncio.run(reload_then_serve())
+    assert value(metrics, "gateway_requests_total", model="big", code="2xx") == 1
 
 
 def test_overhead_is_request_time_minus_upstream_time():

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 import yaml
 
 from gateway.app import create_app
-from gateway.config import ConfigError, load_config
+from gateway.config import ConfigError, LimitsConfig, load_config
 from gateway.errors import UpstreamUnavailable
 from gateway.reload import Changes, reload, reloader_of
 from gateway.runtime import Runtime
@@ -153,6 +154,22 @@ def test_derive_keeps_unchanged_upstreams_and_replaces_changed_and_new_ones(tmp_
             assert sorted(old.routes.models) == ["m-changed", "m-gone", "m-kept"]
         finally:
             await new.retire(old, drain=0)  # what the new one does not share with the old
+            await old.retire(new, drain=0)
+
+    run(tmp_path, test)
+
+
+def test_a_changed_limits_section_rebuilds_the_limiters_of_kept_upstreams(tmp_path):
+    async def test(old: Runtime, path: Path, fakes: dict[str, Upstream]) -> None:
+        changed = LimitsConfig(on_backend_failure="deny")
+        new = await old.derive(msgspec.structs.replace(old.config, limits=changed))
+        try:
+            kept, before = new.guards["kept"], old.guards["kept"]
+            assert new.upstreams["kept"] is old.upstreams["kept"]
+            assert kept.limiter is not before.limiter  # counted under the new limits
+            assert (kept.breaker, kept.budget) == (before.breaker, before.budget)
+        finally:
+            await new.retire(old, drain=0)
             await old.retire(new, drain=0)
 
     run(tmp_path, test)
