@@ -3,10 +3,13 @@
 `KeyTable.build()` turns `auth.keys` into a table of `Caller`s, or None when there are no keys,
 so that without keys the request path's whole cost is one `rt.keys is None`. A request presents
 its key as `Authorization: Bearer <key>` (OpenAI's SDKs) or `api-key: <key>` (Azure's). The
-presented key is hashed with SHA-256 and compared with `hmac.compare_digest` against every
-configured digest, all of them whatever matched: digests are of one length, so the time taken
-tells neither how much of a key was right nor which key matched. A `key` from the config is
-hashed once, here; a `key_sha256` is used as given, so a config file need not hold the secret.
+presented key is hashed with SHA-256; the digest picks its candidate from a table keyed by
+digest, and `hmac.compare_digest` then compares the two fixed-length digests (a miss compares
+with a stand-in, so both paths do the same work). Nothing a client controls is compared with a
+secret: a lookup's time depends on the digest of what the client sent, which tells nothing about
+any configured key, and the cost is one hash and one comparison however many keys there are.
+A `key` from the config is hashed once, here; a `key_sha256` is used as given, so a config file
+need not hold the secret.
 
 A key's name is what logs, metrics and usage show; the key itself stays here. A wrong key shows
 in the request's log line as its fingerprint (a short digest, as the admin API logs its
@@ -39,6 +42,7 @@ _MISSING = (
 )
 _WRONG = "Incorrect API key provided. Check the gateway key you were given."
 _CHALLENGE = {"www-authenticate": "Bearer"}
+_STAND_IN = bytes(32)  # what a presented key's digest is compared with when no key has it
 
 
 def fingerprint(digest: bytes) -> str:
@@ -132,10 +136,11 @@ class Caller:
 class KeyTable:
     """The configured client keys. See the module docstring."""
 
-    __slots__ = ("_callers", "_limits")
+    __slots__ = ("_by_digest", "_callers", "_limits")
 
     def __init__(self, callers: tuple[Caller, ...], limits: LimitsConfig) -> None:
         self._callers = callers
+        self._by_digest = {caller.digest: caller for caller in callers}
         self._limits = limits  # where their limiters count; a change means new limiters
 
     @classmethod
@@ -177,11 +182,9 @@ class KeyTable:
         if given is None:
             raise InvalidApiKey(_MISSING, headers=dict(_CHALLENGE))
         digest = hashlib.sha256(given).digest()
-        found: Caller | None = None
-        for caller in self._callers:  # every one, with no early exit
-            if hmac.compare_digest(caller.digest, digest):
-                found = caller
-        if found is None:
+        found = self._by_digest.get(digest)
+        expected = found.digest if found is not None else _STAND_IN
+        if not hmac.compare_digest(expected, digest) or found is None:
             error = InvalidApiKey(_WRONG, headers=dict(_CHALLENGE))
             error.fingerprint = fingerprint(digest)
             raise error
