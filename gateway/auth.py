@@ -26,12 +26,13 @@ import hashlib
 import hmac
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.config import ClientKey, Config, LimitsConfig, RateLimit
 from gateway.errors import InvalidApiKey, ModelNotAllowed, RateLimited
-from gateway.resilience.limiter import Limiter, Permit, estimate_tokens
+from gateway.openai_types import ChatRequest
+from gateway.resilience.limiter import Limiter, Permit
 
 # How `gateway.runtime.new_limiter` builds a limiter (passed in: the runtime imports this module).
 LimiterFactory = Callable[[Config, str, str, RateLimit | None], Limiter]
@@ -88,13 +89,13 @@ class Caller:
                 f"the key '{self.name}' may not use model '{model}'", param="model"
             )
 
-    async def admit(self, body: Mapping[str, object]) -> Permit | None:
-        """A permit of this key's limiter for a request of `body` (None when the key has no
+    async def admit(self, request: ChatRequest) -> Permit | None:
+        """A permit of this key's limiter for `request` (None when the key has no
         limits): release it when the request ends, with the tokens it used. Raises
         RateLimited (429 with the key's retry-after and `x-ratelimit-*`)."""
         if self.limiter is None:
             return None
-        estimate = estimate_tokens(body) if self.counts_tokens else 0
+        estimate = request.prompt_tokens() if self.counts_tokens else 0
         try:
             return await self.limiter.acquire(estimate)
         except RateLimited as exc:

@@ -24,6 +24,7 @@ from typing import Literal, NotRequired, TypedDict
 import orjson
 
 from gateway.errors import InvalidRequest
+from gateway.resilience.limiter import estimate_tokens
 
 MAX_JSON_DEPTH = 64  # defaults of server.max_json_depth and server.max_messages
 MAX_MESSAGES = 4096
@@ -136,10 +137,18 @@ class ChatRequest:
     # the completion's `id` and `created` (unix seconds, read when the request arrived).
     id: str = "chatcmpl-gateway"
     created: int = 0
+    _estimate: int = field(default=-1, repr=False, compare=False)
 
     @property
     def messages(self) -> list[JSONObject]:
         return self.body["messages"]  # type: ignore[return-value]  # checked by the parser
+
+    def prompt_tokens(self) -> int:
+        """The prompt's estimated tokens (`estimate_tokens`), counted once per request: a
+        client key's limiter and every upstream attempt's limiter charge the same figure."""
+        if self._estimate < 0:
+            object.__setattr__(self, "_estimate", estimate_tokens(self.body))
+        return self._estimate
 
 
 # ------------------------------------------------------------------- decoding

@@ -49,7 +49,7 @@ from gateway.metrics import outcome_of
 from gateway.openai_types import ChatCompletion, ChatCompletionChunk, ChatRequest, Usage
 from gateway.providers import StreamDecoder
 from gateway.resilience.breaker import Trial
-from gateway.resilience.limiter import Permit, estimate_tokens
+from gateway.resilience.limiter import Permit
 from gateway.resilience.retry import Deadline, backoff, retry_after
 from gateway.runtime import Guards, Runtime
 from gateway.upstreams.clients import UpstreamResponse
@@ -406,7 +406,7 @@ async def _admit(
         ) from None
     hold = _Hold(upstream, target, trial, attempts)
     limits = upstream.config.rate_limit
-    estimate = estimate_tokens(request.body) if limits and limits.tokens_per_minute else 0
+    estimate = request.prompt_tokens() if limits and limits.tokens_per_minute else 0
     waiting = time.perf_counter()
     try:
         hold.permit = await guards.limiter.acquire(estimate)

@@ -196,7 +196,7 @@ def _authenticate(keys: KeyTable, scope: Scope, record: dict[str, object]) -> Ca
 async def _admit(caller: Caller, request: ChatRequest, rt: Runtime) -> Permit | None:
     """A permit of the client key's own limiter, or RateLimited (429 with its headers)."""
     try:
-        return await caller.admit(request.body)
+        return await caller.admit(request)
     except RateLimited:
         rt.metrics.ratelimit_rejected("key", caller.name)
         raise

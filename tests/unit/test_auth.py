@@ -19,6 +19,7 @@ import pytest
 from gateway.auth import KeyTable, bind_problem, is_loopback, presented_key
 from gateway.config import Config, RateLimit, parse_config
 from gateway.errors import InvalidApiKey, ModelNotAllowed, RateLimited, to_openai_error
+from gateway.openai_types import ChatRequest
 from gateway.resilience.limiter import Limiter
 
 T = TypeVar("T")
@@ -27,6 +28,10 @@ TEAM_A = "ta-0123456789abcdef0123"
 BATCH = "test"  # key_sha256 of tests/data/production.yaml is its SHA-256
 OTHER = "zz-not-a-configured-key-42"
 DATA = Path(__file__).parent.parent / "data"
+
+
+def chat_request(body: dict[str, object]) -> ChatRequest:
+    return ChatRequest(body=body, model="mock-1", stream=False, include_usage=False)
 
 
 def production() -> Config:
@@ -319,14 +324,14 @@ def test_a_key_at_its_limit_is_refused_in_its_own_words_with_its_headers():
         [caller] = table_of(config)
         assert caller.reports_limits
         assert not caller.counts_tokens
-        permit = await caller.admit({"messages": []})
+        permit = await caller.admit(chat_request({"messages": []}))
         assert permit is not None
         permit.release(10)
         headers = dict(caller.rate_headers())
         assert headers[b"x-ratelimit-limit-requests"] == b"1"
         assert headers[b"x-ratelimit-remaining-requests"] == b"0"
         with pytest.raises(RateLimited) as caught:
-            await caller.admit({"messages": []})
+            await caller.admit(chat_request({"messages": []}))
         error = caught.value
         assert error.message.startswith("client key 'small' is at its limit of 1 requests")
         assert "upstream" not in error.message
@@ -374,7 +379,7 @@ def test_every_limiters_refusal_names_the_client_key(said, expected):
         [caller] = table_of(config)
         refusing = dataclasses.replace(caller, limiter=Refusing(said))
         with pytest.raises(RateLimited) as caught:
-            await refusing.admit({})
+            await refusing.admit(chat_request({}))
         assert caught.value.message == expected
         assert caught.value.headers == {"retry-after": "3"}
 
@@ -385,7 +390,7 @@ def test_a_key_without_limits_has_no_limiter_and_no_headers():
     async def main() -> None:
         [caller] = table_of(config_with([{"name": "free", "key": "free-0123456789abcdef"}]))
         assert caller.limiter is None
-        assert await caller.admit({}) is None
+        assert await caller.admit(chat_request({})) is None
         assert caller.rate_headers() == []
         assert not caller.reports_limits
 
