@@ -124,9 +124,9 @@ def _serve(args: argparse.Namespace) -> int:
     port = config.server.port if args.port is None else args.port
     if args.workers > 1:
         return _serve_workers(args, config, host, port)
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), **_uvicorn_options(args, host, port))
-    )
+    app = create_app(config)
+    app.state.bound_host = host  # a reload keeps to the start-up rule (bind_problem) for it
+    server = uvicorn.Server(uvicorn.Config(app, **_uvicorn_options(args, host, port)))
     # uvicorn re-raises the SIGINT/SIGTERM it shut down on once it is done, with the handler that
     # was installed before it ran: with these no-op handlers a clean shutdown exits 0.
     for stop in (signal.SIGINT, signal.SIGTERM):
@@ -139,6 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 _WORKER_CONFIG = "GATEWAY_WORKER_CONFIG"  # what the parent tells its workers
 _WORKER_LOG = "GATEWAY_WORKER_LOG"
+_WORKER_HOST = "GATEWAY_WORKER_HOST"
 _MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's multiprocess switch
 
 
@@ -169,6 +170,7 @@ def _serve_workers(args: argparse.Namespace, config: Config, host: str, port: in
     os.makedirs(directory, exist_ok=True)
     os.environ[_MULTIPROC_DIR] = directory  # inherited by the workers, read at their import
     os.environ[_WORKER_CONFIG] = config.source
+    os.environ[_WORKER_HOST] = host
     os.environ[_WORKER_LOG] = f"{args.log_level},{args.log_format}"
     try:
         uvicorn.run(
@@ -197,7 +199,9 @@ def worker_app() -> object:
     config = load_config(os.environ[_WORKER_CONFIG])
     # Its live gauges (in flight, pool figures, states) leave the sums when it exits.
     atexit.register(multiprocess.mark_process_dead, os.getpid())
-    return create_app(config)
+    app = create_app(config)
+    app.state.bound_host = os.environ[_WORKER_HOST]
+    return app
 
 
 def _uvicorn_options(args: argparse.Namespace, host: str, port: int) -> dict[str, Any]:

@@ -506,6 +506,8 @@ class _Reader:
                 self.error(f"{path}.name", "names use letters, digits and . _ : / @ + -")
             elif key.name in names:
                 self.error(f"{path}.name", f"duplicate key name '{key.name}'")
+            elif key.name == "anonymous":  # usage.ANONYMOUS: requests without a key
+                self.error(f"{path}.name", "'anonymous' is reserved for requests without a key")
             names.add(key.name)
             if (key.key is None) == (key.key_sha256 is None):
                 self.error(path, "give exactly one of key and key_sha256")

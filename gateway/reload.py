@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from starlette.applications import Starlette
 
+from gateway.auth import bind_problem
 from gateway.config import Config, ConfigError, load_config
 from gateway.logs import redact
 from gateway.runtime import Runtime
@@ -149,6 +150,10 @@ async def reload(app: Starlette) -> Config:
             if config == old.config:
                 log.info("config reloaded: no change", extra={"config": source})
                 return config
+            # `gateway serve` records the address it bound: the start-up rule holds for reloads.
+            host: str | None = getattr(app.state, "bound_host", None)
+            if host is not None and (problem := bind_problem(config, host)) and problem.fatal:
+                raise ConfigError([f"{source}: {problem.message} (serving on {host})"])
             changes = Changes.between(old.config, config)
             try:
                 new = await old.derive(config)

@@ -33,6 +33,7 @@ from starlette.routing import Mount, Route, Router
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.api.responses import json_response
+from gateway.auth import fingerprint
 from gateway.config import ConfigError, Secret, Target
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
 from gateway.openai_types import decode_json, parse_chat_request
@@ -110,11 +111,6 @@ class UpstreamTest(TypedDict):
 # ---------------------------------------------------------------- access
 
 
-def fingerprint(key: str) -> str:
-    """Who sent a request, for logs: a short digest of the key, never the key."""
-    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()[:12]
-
-
 def _presented(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
@@ -144,7 +140,7 @@ class AdminGate:
                 else "the admin key is wrong",
                 headers={"www-authenticate": 'Bearer realm="gateway admin"'},
             )
-        scope["gateway.admin"] = fingerprint(given)
+        scope["gateway.admin"] = fingerprint(digest)  # who, for the audit log; never the key
         await self.app(scope, receive, send)
 
 

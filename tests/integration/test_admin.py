@@ -3,6 +3,7 @@ built-in mock; every endpoint, its key check, and that its actions reach the nex
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections.abc import Iterator
@@ -523,6 +524,6 @@ def test_admin_key_never_appears_in_logs_or_answers(
 
 
 def _fingerprint() -> str:
-    from gateway.api.admin import fingerprint
+    from gateway.auth import fingerprint
 
-    return fingerprint(ADMIN_KEY)
+    return fingerprint(hashlib.sha256(ADMIN_KEY.encode()).digest())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 import textwrap
 from pathlib import Path
@@ -187,6 +188,7 @@ def test_expansion_reads_os_environ_when_no_environ_is_given(monkeypatch: pytest
 # ---------------------------------------------------------------- one error each
 
 
+_SHA = hashlib.sha256(b"k-0123456789abcdef").hexdigest()  # the first key's, as key_sha256
 ERROR_CASES: list[Any] = [
     pytest.param("bogus: 1\n", 1, "bogus", "unknown key", id="unknown-top-level-key"),
     pytest.param(
@@ -427,6 +429,79 @@ ERROR_CASES: list[Any] = [
         "keys must be strings",
         id="nested-non-string-key",
     ),
+    *[
+        pytest.param(
+            "auth:\n  keys:\n    - {name: a, key: k-0123456789abcdef}\n    - " + key + "\n",
+            4 if line is None else line,
+            path,
+            message,
+            id=f"client-key-{name}",
+        )
+        for name, key, line, path, message in [
+            (
+                "both",
+                "{name: b, key: k-fedcba9876543210, key_sha256: " + "a" * 64 + "}",
+                None,
+                "auth.keys[1]",
+                "exactly one of key and key_sha256",
+            ),
+            ("neither", "{name: b}", None, "auth.keys[1]", "exactly one of key and key_sha256"),
+            ("short", "{name: b, key: short}", None, "auth.keys[1].key", "under 16 characters"),
+            (
+                "bad-hex",
+                "{name: b, key_sha256: abc}",
+                None,
+                "auth.keys[1].key_sha256",
+                "64 hex digits",
+            ),
+            (
+                "same-name",
+                "{name: a, key: k-fedcba9876543210}",
+                None,
+                "auth.keys[1].name",
+                "duplicate key name 'a'",
+            ),
+            (
+                "same-key",
+                "{name: b, key: k-0123456789abcdef}",
+                None,
+                "auth.keys[1]",
+                "the same key is given twice",
+            ),
+            (
+                "same-key-as-digest",
+                "{name: b, key_sha256: " + _SHA + "}",
+                None,
+                "auth.keys[1]",
+                "the same key is given twice",
+            ),
+            (
+                "no-models",
+                "{name: b, key: k-fedcba9876543210, models: []}",
+                None,
+                "auth.keys[1].models",
+                "list the model globs",
+            ),
+            (
+                "reserved-name",
+                "{name: anonymous, key: k-fedcba9876543210}",
+                None,
+                "auth.keys[1].name",
+                "reserved",
+            ),
+            (
+                "bad-name",
+                "{name: 'a b', key: k-fedcba9876543210}",
+                None,
+                "auth.keys[1].name",
+                "names use letters",
+            ),
+        ]
+    ],
+    pytest.param(
+        "limits: {backend: redis}\n", 1, "limits.redis_url", "needs a redis_url", id="redis-url"
+    ),
+    pytest.param("limits:\n  backend: memcached\n", 2, "limits.backend", "", id="limits-backend"),
 ]
 
 

@@ -305,6 +305,23 @@ def test_an_invalid_file_changes_nothing_and_reports_its_error(tmp_path, caplog,
     assert expected in line.__dict__["error"]
 
 
+def test_a_reload_that_drops_every_client_key_is_refused_beyond_loopback(tmp_path):
+    """The start-up rule (no client keys only on loopback) holds for reloads of a gateway that
+    `gateway serve` bound to another address; on loopback the same file applies."""
+
+    async def test(app: Any, old: Runtime, path: Path) -> None:
+        write(path, V2_UPSTREAMS, V2_MODELS)  # no auth.keys
+        app.state.bound_host = "0.0.0.0"
+        with pytest.raises(ConfigError, match=r"without client keys.*\(serving on 0\.0\.0\.0\)"):
+            await reload(app)
+        assert app.state.runtime is old
+        app.state.bound_host = "127.0.0.1"
+        await reload(app)
+        assert app.state.runtime is not old
+
+    run_app(tmp_path, test)
+
+
 def test_a_missing_file_changes_nothing(tmp_path, caplog):
     async def test(app: Any, old: Runtime, path: Path) -> None:
         await asyncio.to_thread(path.unlink)
