@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from gateway.config import ClientKey, Config, LimitsConfig, RateLimit
-from gateway.errors import InvalidApiKey, ModelNotAllowed, RateLimited
+from gateway.errors import InvalidApiKey, ModelNotAllowed
 from gateway.openai_types import ChatRequest
 from gateway.resilience.limiter import Limiter, Permit
 
@@ -96,19 +96,7 @@ class Caller:
         if self.limiter is None:
             return None
         estimate = request.prompt_tokens() if self.counts_tokens else 0
-        try:
-            return await self.limiter.acquire(estimate)
-        except RateLimited as exc:
-            # The local limiter words its refusals for upstreams (the shared one says "key"):
-            # say whose limit this is, the same way for both.
-            said = exc.message
-            for own in (f"upstream '{self.name}'", f"key '{self.name}'"):
-                if said.startswith(own):
-                    exc.message = f"client key '{self.name}'{said[len(own) :]}"
-                    break
-            else:
-                exc.message = f"client key '{self.name}': {said}"
-            raise
+        return await self.limiter.acquire(estimate)  # refusals name "client key '<name>'"
 
     @property
     def reports_limits(self) -> bool:

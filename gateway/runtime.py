@@ -159,8 +159,12 @@ def new_limiter(config: Config, scope: str, name: str, settings: RateLimit | Non
         and settings is not None
         and (settings.requests_per_minute or settings.tokens_per_minute)
     ):
-        return shared.SharedLimiter(scope, name, settings, shared.store_for(config.limits))
-    return Limiter(name, settings)
+        store = shared.store_for(config.limits)
+        return shared.SharedLimiter(scope, name, settings, store, label=_LABELS[scope])
+    return Limiter(name, settings, label=_LABELS[scope])
+
+
+_LABELS = {"upstream": "upstream", "key": "client key"}  # how refusals name whose limit it is
 
 
 _DRAIN_POLL = 0.05  # seconds between looks at a retiring upstream's `in_flight`

@@ -185,12 +185,18 @@ class Permit:
 
 
 class Limiter:
-    """The rate limits of one upstream. See the module docstring."""
+    """The rate limits of one upstream (or client key). See the module docstring."""
 
     def __init__(
-        self, name: str, settings: RateLimit | None, *, clock: Callable[[], float] | None = None
+        self,
+        name: str,
+        settings: RateLimit | None,
+        *,
+        clock: Callable[[], float] | None = None,
+        label: str = "upstream",
     ) -> None:
         self.name = name
+        self.label = label  # whose limits, in refusals: "upstream 'x'", "client key 'x'"
         self.settings = settings
         limited = settings is not None and (
             settings.requests_per_minute is not None
@@ -396,7 +402,7 @@ class Limiter:
         return self._headers(None)
 
     def _refusal(self, why: str, *, tokens: int = 0, wait: float | None = None) -> RateLimited:
-        name = f"upstream '{self.name}'"
+        name = f"{self.label} '{self.name}'"
         retry: float | None
         if why == "paused":
             retry = self.paused_for()

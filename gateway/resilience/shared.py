@@ -362,12 +362,20 @@ class SharedLimiter(Limiter):
     `paused_for`); `max_concurrent` is a local limiter of slots, and a local limiter of the
     per-minute limits counts while the store is degraded under `on_backend_failure: local`."""
 
-    def __init__(self, scope: str, name: str, settings: RateLimit, store: RedisStore) -> None:
-        super().__init__(name, None)
+    def __init__(
+        self,
+        scope: str,
+        name: str,
+        settings: RateLimit,
+        store: RedisStore,
+        *,
+        label: str = "upstream",
+    ) -> None:
+        super().__init__(name, None, label=label)
         self.settings = settings
         self.scope = scope
         self._store = store
-        self._what = f"upstream '{name}'" if scope == "upstream" else f"{scope} '{name}'"
+        self._what = f"{label} '{name}'"
         rpm, tpm = settings.requests_per_minute, settings.tokens_per_minute
         base = f"{store.key_prefix}:{{{scope}:{name}}}"
         self._keys = [f"{base}:{kind}" for kind, limit in (("rpm", rpm), ("tpm", tpm)) if limit]
@@ -384,11 +392,14 @@ class SharedLimiter(Limiter):
                     max_wait=settings.max_wait,
                     max_waiters=settings.max_waiters,
                 ),
+                label=label,
             )
             if settings.max_concurrent
             else None
         )
-        self._local = Limiter(name, msgspec.structs.replace(settings, max_concurrent=None))
+        self._local = Limiter(
+            name, msgspec.structs.replace(settings, max_concurrent=None), label=label
+        )
         self._sleepers = 0  # requests sleeping off a reservation
         # The last answer of Redis: when (loop time) and each bucket's seconds to empty.
         self._seen_at = 0.0

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import fnmatch
 import hashlib
 import hmac
@@ -21,6 +20,7 @@ from gateway.config import Config, RateLimit, parse_config
 from gateway.errors import InvalidApiKey, ModelNotAllowed, RateLimited, to_openai_error
 from gateway.openai_types import ChatRequest
 from gateway.resilience.limiter import Limiter
+from gateway.runtime import new_limiter
 
 T = TypeVar("T")
 
@@ -71,7 +71,7 @@ class Factory:
         self, config: Config, scope: str, name: str, settings: RateLimit | None
     ) -> Limiter:
         self.calls.append((scope, name, settings))
-        return Limiter(name, settings)
+        return new_limiter(config, scope, name, settings)
 
 
 def bearer(key: str) -> list[tuple[bytes, bytes]]:
@@ -341,47 +341,18 @@ def test_a_key_at_its_limit_is_refused_in_its_own_words_with_its_headers():
     run(main)
 
 
-class Refusing(Limiter):
-    """A limiter that refuses every request with `message`."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("small", None)
-        self.message = message
-
-    async def acquire(self, tokens: int) -> Any:
-        raise RateLimited(self.message, headers={"retry-after": "3"})
-
-
-@pytest.mark.parametrize(
-    ("said", "expected"),
-    [
-        pytest.param(
-            "upstream 'small' is at its limit of 5 requests per minute",
-            "client key 'small' is at its limit of 5 requests per minute",
-            id="local-limiter",
-        ),
-        pytest.param(
-            "key 'small' is at its limit of 5 requests per minute",
-            "client key 'small' is at its limit of 5 requests per minute",
-            id="shared-limiter",
-        ),
-        pytest.param(
-            "limits store unreachable",
-            "client key 'small': limits store unreachable",
-            id="other",
-        ),
-    ],
-)
-def test_every_limiters_refusal_names_the_client_key(said, expected):
-    config = config_with([{"name": "small", "key": "small-0123456789abcdef"}])
+def test_a_client_keys_limiter_names_the_key_in_its_refusals():
+    """Local and Redis-backed alike: `new_limiter` labels a key's limiter as a client key's
+    (the shared limiter's refusals are tested in tests/unit/resilience/test_shared.py)."""
 
     async def main() -> None:
-        [caller] = table_of(config)
-        refusing = dataclasses.replace(caller, limiter=Refusing(said))
-        with pytest.raises(RateLimited) as caught:
-            await refusing.admit(chat_request({}))
-        assert caught.value.message == expected
-        assert caught.value.headers == {"retry-after": "3"}
+        settings = RateLimit(requests_per_minute=1, max_wait=0)
+        limiter = new_limiter(config_with([]), "key", "small", settings)
+        assert limiter.label == "client key"
+        assert new_limiter(config_with([]), "upstream", "up", settings).label == "upstream"
+        (await limiter.acquire(0)).release()
+        with pytest.raises(RateLimited, match=r"^client key 'small' is at its limit"):
+            await limiter.acquire(0)
 
     run(main)
 
