@@ -82,12 +82,20 @@ class Caller:
     def may_use(self, model: str) -> bool:
         return self.pattern is None or self.pattern.match(model) is not None
 
-    def check_model(self, model: str) -> None:
+    def check_model(self, model: str, param: str = "model") -> None:
         """Raises ModelNotAllowed (403) when `model` is outside the key's globs."""
         if not self.may_use(model):
-            raise ModelNotAllowed(
-                f"the key '{self.name}' may not use model '{model}'", param="model"
-            )
+            raise ModelNotAllowed(f"the key '{self.name}' may not use model '{model}'", param=param)
+
+    def check_request(self, request: ChatRequest) -> None:
+        """`check_model` for the request's model, and for the models of a top-level `models`
+        list: OpenRouter-style servers take it as models to fall back to, which would
+        otherwise let a key reach models beyond its globs through such an upstream."""
+        self.check_model(request.model)
+        if self.pattern is not None and "models" in request.body:
+            others = request.body["models"]
+            for other in others if isinstance(others, list) else [others]:
+                self.check_model(other if isinstance(other, str) else repr(other), "models")
 
     async def admit(self, request: ChatRequest) -> Permit | None:
         """A permit of this key's limiter for `request` (None when the key has no

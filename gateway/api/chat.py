@@ -139,7 +139,7 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send, rt: Runti
         model = request.model
         record.update(model=model, stream=request.stream)
         if caller is not None:
-            caller.check_model(model)  # 403, before a 404 could tell what exists beyond it
+            caller.check_request(request)  # 403, before a 404 could tell what exists
         rt.routes.chain_for(model)  # an unknown model is a 404 before any work
         if caller is not None and caller.limiter is not None:
             permit = await _admit(caller, request, rt)

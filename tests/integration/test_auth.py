@@ -222,6 +222,18 @@ def test_a_model_outside_the_keys_globs_is_a_403_before_any_upstream_call(http, 
     assert chat(http, keyed, BATCH, "o3").status_code == 200  # batch may use every model
 
 
+def test_fallback_models_in_the_body_are_held_to_the_keys_globs(http, keyed, fake_openai):
+    """OpenRouter-style upstreams take a top-level `models` list as models to fall back to:
+    each must be one the key may use, or the request is a 403 before any upstream call."""
+    error = error_of(chat(http, keyed, TEAM_A, models=["gpt-4o", "o3"]), 403)
+    assert error["code"] == "model_not_allowed"
+    assert error["param"] == "models"
+    assert "'o3'" in error["message"]
+    assert error_of(chat(http, keyed, TEAM_A, models="o3"), 403)["param"] == "models"
+    assert fake_openai.requests == []
+    assert chat(http, keyed, TEAM_A, models=["gpt-4o"]).status_code == 200
+
+
 # ------------------------------------------------------------------- limits per key
 
 
