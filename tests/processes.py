@@ -53,6 +53,19 @@ def require(binary: str, package: str) -> str:
     pytest.skip(reason)
 
 
+def stop(process: subprocess.Popen[Any], timeout: float = STOP_TIMEOUT) -> None:
+    """Stop a process a test started: SIGTERM by its PID (a gateway drains and exits 0), then
+    SIGKILL if it has not exited within `timeout` seconds; returns once it has exited."""
+    if process.poll() is not None:
+        return
+    os.kill(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listened on a moment ago."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -125,14 +138,8 @@ class _Process:
     def stop(self) -> None:
         """SIGTERM by PID, then SIGKILL after `STOP_TIMEOUT`; returns once it has exited."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
+        if process is not None:
+            stop(process)
 
     def __enter__(self) -> Self:
         return self

@@ -10,7 +10,6 @@ import hashlib
 import json
 import logging
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -39,6 +38,7 @@ from tests.integration.conftest import (
     wait_until,
 )
 from tests.integration.test_metrics import scrape, value
+from tests.processes import stop
 
 ROOT = Path(__file__).resolve().parents[2]
 GATEWAY = [sys.executable, "-m", "gateway"]
@@ -457,13 +457,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
     yield started
     for process in started:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=30)
         if process.stderr is not None:
             process.stderr.close()
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import stop
 from tests.spec import validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,13 +119,7 @@ def served(tmp_path) -> Iterator[tuple[subprocess.Popen[str], str]]:
         assert url, "gateway did not start:\n" + "".join(lines)
         yield process, url
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=30)
         process.stderr.close()
 
 

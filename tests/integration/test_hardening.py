@@ -13,12 +13,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import select
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -50,6 +46,7 @@ from tests.integration.conftest import (
     single_upstream,
     wait_until,
 )
+from tests.processes import GatewayProcess
 from tests.servers import HOST, ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -722,38 +719,8 @@ def gateway_process(tmp_path: Path) -> Iterator[str]:
     }
     path = tmp_path / "gateway.yaml"
     path.write_text(yaml.safe_dump(config))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(path), "--port", "0"],
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-    )
-    assert process.stderr is not None
-    drain = threading.Thread(target=process.stderr.read, daemon=True)  # keeps the pipe empty
-    try:
-        url = None
-        deadline = time.monotonic() + 30
-        lines = []
-        while url is None and time.monotonic() < deadline:
-            line = process.stderr.readline()
-            if not line:
-                break
-            lines.append(line)
-            match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
-            url = match.group(1) if match else None
-        assert url, "gateway did not start:\n" + "".join(lines)
-        drain.start()
-        yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if drain.is_alive():
-            drain.join(5)
-        process.stderr.close()
+    with GatewayProcess(tmp_path, path) as gateway:
+        yield gateway.url
 
 
 def test_gateway_serve_enforces_head_limits(gateway_process: str):

@@ -38,6 +38,7 @@ from tests.integration.conftest import (
     wait_until,
 )
 from tests.integration.test_resilience import MakeFake, chain_config, runtime_of
+from tests.processes import stop
 
 MODEL = "gpt-4o-mini"
 ROOT = Path(__file__).resolve().parents[2]
@@ -368,12 +369,7 @@ def _two_workers(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[b
         wait_until(up, timeout=30, what="the workers to serve")
         yield url, directory, process
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout=30)
 
 
 def _per_worker_requests(directory: Path, scratch: Path) -> dict[str, float]:

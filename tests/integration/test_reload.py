@@ -31,6 +31,7 @@ from gateway.reload import reload
 from gateway.runtime import Runtime
 from tests.fakes.openai_upstream import FakeOpenAI, Reply
 from tests.integration.conftest import UPSTREAM_KEY, chat_body
+from tests.processes import stop
 from tests.servers import ServerThread
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -190,13 +191,7 @@ def served(tmp_path) -> Iterator[tuple[subprocess.Popen[str], Lines, str, Path]]
         url = lines.wait_for(r"Uvicorn running on (http://127\.0\.0\.1:\d+)").group(1)
         yield process, lines, url, path
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop(process, timeout=30)
         lines.join()
         process.stderr.close()
 
