@@ -36,8 +36,8 @@ from gateway.api.responses import json_response
 from gateway.auth import fingerprint
 from gateway.config import ConfigError, Secret, Target
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound
-from gateway.openai_types import decode_json, parse_chat_request
 from gateway.reload import reloader_of
+from gateway.request_parser import decode_json, parse_chat_request
 from gateway.runtime import Runtime
 from gateway.upstreams.registry import Upstream
 

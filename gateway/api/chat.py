@@ -35,7 +35,8 @@ from gateway.errors import (
 from gateway.http import BODY_TIMED_OUT
 from gateway.lifecycle import DRAIN_CUT, cut_by_drain, cut_short
 from gateway.logs import request_id_of
-from gateway.openai_types import ChatCompletionChunk, ChatRequest, parse_chat_request
+from gateway.openai_types import ChatCompletionChunk, ChatRequest
+from gateway.request_parser import parse_chat_request
 from gateway.resilience.limiter import Permit
 from gateway.resilience.retry import Deadline, requested_timeout
 from gateway.runtime import Runtime

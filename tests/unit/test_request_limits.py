@@ -16,7 +16,7 @@ from gateway.api.chat import forward_headers
 from gateway.config import ServerConfig, parse_config
 from gateway.errors import InvalidRequest
 from gateway.http import _head_size, _server_settings
-from gateway.openai_types import _SPEC_FIELDS, parse_chat_request
+from gateway.request_parser import _SPEC_FIELDS, parse_chat_request
 
 SCHEMAS = Path(__file__).resolve().parents[1] / "data" / "openai_schemas.json"
 

@@ -22,12 +22,13 @@ from gateway.errors import (
     UpstreamError,
     UpstreamRejected,
 )
-from gateway.openai_types import ChatRequest, parse_chat_request
+from gateway.openai_types import ChatRequest
 from gateway.providers import TRANSLATORS
 from gateway.providers.anthropic import ANTHROPIC, RESPONSE_TOOL
 from gateway.providers.anthropic_requests import OPENING
 from gateway.providers.anthropic_responses import AnthropicStreamDecoder
 from gateway.providers.base import UpstreamRequest
+from gateway.request_parser import parse_chat_request
 from tests import spec
 from tests.fakes.anthropic_upstream import (
     RecordedRequest,

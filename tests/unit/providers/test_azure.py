@@ -11,8 +11,9 @@ import pytest
 
 from gateway.config import Secret, Target, UpstreamConfig
 from gateway.errors import RateLimited, StreamInterrupted, UpstreamError, UpstreamRejected
-from gateway.openai_types import ChatRequest, parse_chat_request
+from gateway.openai_types import ChatRequest
 from gateway.providers.azure import AZURE
+from gateway.request_parser import parse_chat_request
 from tests import spec
 from tests.fakes.azure_upstream import CHAT_PATH, DEPLOYED_MODEL, AzureDialect
 from tests.fakes.upstream import ApiError, RecordedRequest, Reply, ToolCall

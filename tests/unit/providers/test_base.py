@@ -10,9 +10,10 @@ import pytest
 
 from gateway.config import Target, UpstreamConfig
 from gateway.errors import InvalidRequest, to_openai_error
-from gateway.openai_types import ChatRequest, parse_chat_request
+from gateway.openai_types import ChatRequest
 from gateway.providers.base import request_body
 from gateway.providers.openai import OPENAI
+from gateway.request_parser import parse_chat_request
 
 STRICT = UpstreamConfig(provider="anthropic", base_url="http://127.0.0.1:1")
 LENIENT = UpstreamConfig(provider="anthropic", base_url="http://127.0.0.1:1", drop_unsupported=True)

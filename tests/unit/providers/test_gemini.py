@@ -24,9 +24,10 @@ from gateway.errors import (
     UpstreamTimeout,
     to_openai_error,
 )
-from gateway.openai_types import ChatRequest, parse_chat_request
+from gateway.openai_types import ChatRequest
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.gemini import DUMMY_SIGNATURE, GEMINI, SIGNATURE_MARK
+from gateway.request_parser import parse_chat_request
 from tests import spec
 from tests.fakes.gemini_upstream import SIGNATURE, GeminiDialect
 from tests.fakes.upstream import RecordedRequest, Reply, ToolCall

@@ -23,9 +23,10 @@ from gateway.errors import (
     UpstreamRejected,
     to_openai_error,
 )
-from gateway.openai_types import ChatRequest, parse_chat_request
+from gateway.openai_types import ChatRequest
 from gateway.providers.ollama import OLLAMA
 from gateway.providers.ollama_responses import OllamaStreamDecoder, call_id
+from gateway.request_parser import parse_chat_request
 from gateway.sse import DONE, encode_event
 from tests import spec
 from tests.fakes.ollama_upstream import CHAT_PATH, TAGS_PATH, OllamaDialect, error_line

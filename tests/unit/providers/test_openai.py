@@ -20,7 +20,7 @@ from gateway.errors import (
     UpstreamTimeout,
     to_openai_error,
 )
-from gateway.openai_types import ChatRequest, parse_chat_request
+from gateway.openai_types import ChatRequest
 from gateway.providers.base import MAX_ERROR_MESSAGE, error_details
 from gateway.providers.openai import (
     MOCK_BASE_URL,
@@ -28,6 +28,7 @@ from gateway.providers.openai import (
     OpenAIStreamDecoder,
     normalize_completion,
 )
+from gateway.request_parser import parse_chat_request
 from tests import spec
 
 KEY = "sk-upstream-0123456789abcdef"

@@ -18,8 +18,9 @@ from gateway.errors import (
     UpstreamError,
     UpstreamRejected,
 )
-from gateway.openai_types import ChatRequest, parse_chat_request
+from gateway.openai_types import ChatRequest
 from gateway.providers.tgi import TGI
+from gateway.request_parser import parse_chat_request
 from tests import spec
 from tests.fakes.tgi_upstream import CHAT_PATH, TGIDialect
 from tests.fakes.upstream import ApiError, RecordedRequest, Reply, ToolCall

@@ -21,9 +21,9 @@ from aiohttp import web
 
 from gateway.config import PoolLimits, Secret, Target, Timeouts, UpstreamConfig, parse_config
 from gateway.errors import GatewayError, UpstreamError, UpstreamTimeout
-from gateway.openai_types import parse_chat_request
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.openai import OPENAI
+from gateway.request_parser import parse_chat_request
 from gateway.upstreams.clients import Clients, UpstreamResponse
 
 KEY = "sk-clients-test-0123456789"

@@ -1,4 +1,4 @@
-"""gateway/openai_types.py: parse_chat_request, the one gate untrusted chat bodies pass."""
+"""gateway/request_parser.py: parse_chat_request, the one gate untrusted chat bodies pass."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from gateway.errors import InvalidRequest
-from gateway.openai_types import MAX_JSON_DEPTH, MAX_MODEL_NAME, parse_chat_request
+from gateway.request_parser import MAX_JSON_DEPTH, MAX_MODEL_NAME, parse_chat_request
 
 USER = {"role": "user", "content": "Hello"}
 MINIMAL: dict[str, Any] = {"model": "gpt-4o-mini", "messages": [USER]}
