@@ -284,7 +284,7 @@ class Metrics:
         for key in config.auth.keys:
             self._keys[key.name] = _KeyFigures(self, key.name)
 
-        # The shared rate limits' store (limits.backend: redis, gateway/resilience/shared.py):
+        # The shared rate limits' store (limits.backend: redis, gateway/resilience/redis_store.py):
         # 1 while this process cannot reach it and applies `limits.on_backend_failure`.
         self.limits_degraded = Gauge(
             "gateway_limits_backend_degraded",

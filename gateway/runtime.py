@@ -16,7 +16,7 @@ import httpx
 from gateway.auth import KeyTable
 from gateway.config import Config, RateLimit
 from gateway.metrics import Metrics
-from gateway.resilience import shared
+from gateway.resilience import redis_store, shared
 from gateway.resilience.breaker import Breaker
 from gateway.resilience.limiter import Limiter
 from gateway.resilience.retry import RetryBudget
@@ -58,7 +58,7 @@ class Runtime:
         it). `transports` replace upstreams' networks (tests)."""
         upstreams = Registry(config.upstreams)
         metrics = Metrics(config)
-        shared.watch(metrics)  # the shared limits' degraded gauge
+        redis_store.watch(metrics)  # the shared limits' degraded gauge
         clients = await Clients.open(config.upstreams, transports)
         for name in config.upstreams:
             clients.observe_acquire(name, metrics.acquire_observer(name))
@@ -82,7 +82,7 @@ class Runtime:
     async def aclose(self) -> None:
         self.metrics.close()
         await self.clients.aclose()
-        await shared.aclose_stores()  # the shared limits' Redis pool, if any
+        await redis_store.aclose_stores()  # the shared limits' Redis pool, if any
 
     async def derive(self, config: Config) -> Runtime:
         """The runtime for `config` (a reload), built from this one. An upstream whose
@@ -159,7 +159,7 @@ def new_limiter(config: Config, scope: str, name: str, settings: RateLimit | Non
         and settings is not None
         and (settings.requests_per_minute or settings.tokens_per_minute)
     ):
-        store = shared.store_for(config.limits)
+        store = redis_store.store_for(config.limits)
         return shared.SharedLimiter(scope, name, settings, store, label=_LABELS[scope])
     return Limiter(name, settings, label=_LABELS[scope])
 

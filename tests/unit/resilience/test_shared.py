@@ -1,6 +1,6 @@
-"""gateway/resilience/shared.py against a real redis-server: the script's arithmetic (burst,
-drain, both buckets at once, reservations, reconciling, expiry), limiters sharing a bucket,
-and the failure policies.
+"""gateway/resilience/shared.py and redis_store.py against a real redis-server: the script's
+arithmetic (burst, drain, both buckets at once, reservations, reconciling, expiry), limiters
+sharing a bucket, and the failure policies.
 
 The script's arithmetic is checked on a clock the test passes in (the script's `now`), so no
 test waits for a bucket to drain; the limiter tests use Redis's own clock with limits that
@@ -25,14 +25,14 @@ import pytest
 from gateway.config import Config, LimitsConfig, RateLimit, Secret
 from gateway.errors import LimitsBackendUnavailable, RateLimited
 from gateway.resilience.limiter import Limiter
-from gateway.resilience.shared import (
+from gateway.resilience.redis_store import (
     BackendObserver,
     RedisStore,
-    SharedLimiter,
     Verdict,
     aclose_stores,
     store_for,
 )
+from gateway.resilience.shared import SharedLimiter
 from gateway.runtime import new_limiter
 from tests.processes import RedisServer, free_port
 
