@@ -12,7 +12,7 @@ import orjson
 import pytest
 from starlette.applications import Starlette
 
-from gateway.api.chat import forward_headers
+from gateway.api.forwarding import forward_headers
 from gateway.config import ServerConfig, parse_config
 from gateway.errors import InvalidRequest
 from gateway.http import _head_size, _server_settings
